@@ -1,0 +1,29 @@
+"Every stage notebook, smoke-run in order with papermill on the `smoke` preset through the study runner."
+import json
+from pathlib import Path
+import pytest
+from vlmssm.pipeline import discover_stages, run_study
+
+STAGES = [s.name for s in discover_stages()]
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("smoke")/"run"
+    table = run_study("smoke", run_dir=rd, progress=False, overrides=["paths.figures_dir=" + str(rd/"figures")])
+    return rd, table
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_smoke(smoke_run, stage):
+    rd, table = smoke_run
+    assert stage in list(table.stage), f"{stage} did not run"
+    m = json.loads((rd/stage/"manifest.json").read_text())
+    assert m["status"] == "ok" and m["stage"] == stage
+    assert (rd/stage/f"{stage}.ipynb").exists(), "executed notebook kept next to the outputs"
+    files = [f["path"] for f in m["files"]]
+    figs = [f for f in files if f.startswith("figures/")]
+    assert not figs or {Path(f).suffix for f in figs} == {".png", ".pdf"}, f"figures must come as PNG + PDF: {figs}"
+
+def test_rerun_skips_everything(smoke_run):
+    rd, _ = smoke_run
+    table = run_study("smoke", run_dir=rd, progress=False, overrides=["paths.figures_dir=" + str(rd/"figures")])
+    assert set(table.status) == {"skipped"}
