@@ -11,9 +11,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig', 'DenseConfig', 'VLMConfig',
-           'TrainConfig', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig', 'from_dict', 'to_dict',
-           'list_presets', 'load_config', 'missing_paths', 'validate', 'save_config', 'check_names']
+__all__ = ['PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig', 'DenseConfig', 'EmbeddedLMConfig',
+           'VLMConfig', 'TrainConfig', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig', 'from_dict',
+           'to_dict', 'list_presets', 'load_config', 'missing_paths', 'validate', 'save_config', 'check_names']
 
 # %% ../nbs/00_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -30,7 +30,7 @@ class DataConfig:
     "The benchmark: the embedded procedural scenes (`vlmssm.data`), or real datasets from local paths."
     source: Literal["scenes", "real"] = "scenes"  # `scenes`: generate the embedded benchmark; `real`: read the paths below
     seed: int = 0  # scene generator seed (independent of the study seed, so every study run sees the same scenes)
-    # Split sizes. 4,000 training scenes give ≈28K VQA turns and ≈8K grounding turns; 1,000 test scenes give ≈2,000
+    # Split sizes. 4,000 training scenes give ≈30K VQA turns and ≈7K grounding turns; 1,000 test scenes give ≈1,800
     # referring expressions, so a grounding Acc@0.5 near 20% has a 95% CI of about ±1.8 points (150 boxes: ±6.4).
     n_train: int = 4000  # training scenes (LLaVA conversations; classification/detection/segmentation train split)
     n_val: int = 300  # validation scenes (model selection, early stopping)
@@ -45,7 +45,7 @@ class DataConfig:
     max_objects: int = 5  # objects per scene, at most (counting answers range 0..max_objects)
     max_overlap: float = 0.0  # largest IoU allowed between two objects' support boxes (0 = disjoint with a 1-px gap; > 0 allows occlusion)
     max_rotation: float = 15.0  # objects are rotated uniformly in ±this many degrees (< 45 keeps squares and diamonds apart)
-    color_jitter: float = 0.03  # hue jitter as a fraction of the hue circle (0.03 = ±11°); saturation and value also vary
+    color_jitter: float = 0.025  # hue jitter as a fraction of the hue circle (0.025 = ±9°); saturation and value also vary
     background: Literal["plain", "gradient", "texture"] = "texture"  # low-saturation background: flat, a linear gradient, or gradient + smooth noise
     clutter: int = 3  # at most this many grey distractor strokes per image (background class in masks; never named)
     noise: float = 0.02  # Gaussian pixel noise, std as a fraction of 255
@@ -56,7 +56,7 @@ class DataConfig:
     vqa_per_family: int = 2  # questions per family per scene (attribute, count, exist (one yes/no pair per 2), spatial)
     refs_per_scene: int = 2  # referring expressions per scene (each names exactly one object)
     pope_negatives: list[str] = field(default_factory=lambda: ["random", "adversarial"])  # existence negatives, cycled: `random` absent class, `adversarial` shares colour or shape with a present object
-    turns_per_conversation: int = 8  # question–answer turns per LLaVA training record (more → several records per image)
+    turns_per_conversation: int = 10  # question–answer turns per LLaVA training record (10 = all of a default scene; more turns → several records)
     box_decimals: int = 2  # decimals of the normalised box text (LLaVA-665K / RefCOCO convention: 2)
     image_format: Literal["png", "jpg"] = "png"  # image files (png is lossless; jpg quality 95 is ~4× smaller)
     workers: int = 1  # generator processes (output is identical for any value: every scene has its own seed)
@@ -96,35 +96,66 @@ class DenseConfig:
 
 # %% ../nbs/00_config.ipynb #21d276a7
 @dataclass
+class EmbeddedLMConfig:
+    "The embedded tiny Llama (used when `vlm.lm` is `embedded`): size, tokenizer and text pretraining budget."
+    hidden_size: int = 128  # model width Dl
+    num_layers: int = 2  # decoder layers
+    num_heads: int = 4  # attention heads (= key/value heads)
+    intermediate_size: int = 512  # SwiGLU MLP width
+    vocab_size: int = 1024  # byte-level BPE vocabulary trained on the benchmark's training text
+    max_positions: int = 512  # longest sequence, image tokens included
+    pretrain_steps: int = 1000  # steps of causal-LM pretraining on the text side of the training data (0 = random LM)
+    pretrain_lr: float = 1.0e-3  # peak LR of that pretraining (AdamW, warmup + cosine)
+    pretrain_batch: int = 64  # sequences per pretraining step
+    seed: int = 0  # init seed of the LM (one shared "pretrained LLM" for every encoder and seed)
+
+@dataclass
 class VLMConfig:
-    "The VLM: connector and language model around a frozen encoder."
+    "The VLM: connector and language model around a frozen encoder (Prismatic's layout)."
     connector: str = "gelu-mlp"  # connector registry id: linear | gelu-mlp | fused-gelu-mlp
-    lm: str = "embedded"  # `embedded` (tiny LM trained from scratch) or an HF causal-LM hub id / local path
+    connector_layernorm: bool = False  # LayerNorm on encoder tokens before the connector
+    token_merge: int = 1  # k×k merge of encoder tokens before the connector (1 = none; fewer LM tokens on CPU)
+    connector_seed: int | None = None  # connector init seed; None = Prismatic's rule, the encoder's embed dim
+    lm: str = "embedded"  # `embedded` (tiny Llama, see `embedded`) or an HF causal-LM hub id / local path
+    trust_remote_code: bool = False  # allow model code from the LM's hub repo
+    prompt_format: str = "vicuna-v15"  # vicuna-v15 (Prismatic/LLaVA-1.5) | chat-template | auto
     image_position: Literal["after-bos", "at-image-token"] = "after-bos"  # where the image tokens go (Prismatic: after BOS)
     resize: str = "letterbox"  # image resize strategy for the encoder input
-    token_merge: int = 1  # k×k merge of encoder tokens before the connector (1 = none)
+    max_length: int = 2048  # text tokens per example before the image tokens are inserted (Prismatic: 2048)
+    embedded: EmbeddedLMConfig = field(default_factory=EmbeddedLMConfig)  # the embedded LM (when lm = embedded)
 
 @dataclass
 class TrainConfig:
-    "The VLM training recipe (Prismatic single-stage `no-align` finetune by default)."
-    stage: Literal["align", "finetune", "full-finetune"] = "finetune"  # what trains: projector / +LM / +encoder
+    "The VLM training recipe (Prismatic single-stage `no-align` finetune by default; recipe_eval.md §1.2)."
+    stage: Literal["align", "finetune", "full-finetune"] = "finetune"  # what trains: connector / + LM / + encoder
     steps: int = 0  # optimizer steps (0 = `epochs` over the training set)
     epochs: float = 1.0  # passes over the training set when `steps` is 0
-    global_batch: int = 32  # examples per optimizer step (gradient accumulation fills it)
-    per_device_batch: int = 32  # examples per forward pass
-    lr: float = 2e-5  # peak learning rate
-    weight_decay: float = 0.1  # AdamW weight decay (not on biases and 1-D parameters)
-    warmup_ratio: float = 0.03  # linear warmup share, then cosine decay
+    global_batch: int = 128  # examples per optimizer step (gradient accumulation fills it; Prismatic: 128)
+    per_device_batch: int = 16  # examples per forward pass (Prismatic: 16)
+    lr: float = 2e-5  # peak learning rate (Prismatic finetune: 2e-5; align: 1e-3)
+    weight_decay: float = 0.1  # AdamW weight decay, not on biases and 1-D parameters (Prismatic: 0.1; LLaVA: 0)
+    warmup_ratio: float = 0.03  # linear warmup share of the steps, then cosine decay
     max_grad_norm: float = 1.0  # gradient clipping
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 mixed precision on GPU
-    grad_checkpointing: bool = False  # activation checkpointing in the LM
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    grad_checkpointing: bool | None = None  # activation checkpointing of the LM layers; None = on for CUDA, off on CPU
+    group_by_length: bool = True  # sort each global batch by length so micro-batches pad little (LLaVA/Prismatic)
+    split_modality: bool = True  # image and text-only examples never share a batch (Prismatic SplitModalitySampler)
+    use_feature_cache: bool = True  # frozen encoder: train from cached tokens (vlmssm.cache) instead of pixels
+    log_every: int = 1  # steps between loss-curve rows (CSV)
+    save_every: int = 0  # steps between resumable checkpoints (0 = only at the end)
+    eval_every: int = 0  # steps between validation passes (0 = only at the end)
+    trackers: list[str] = field(default_factory=list)  # accelerate trackers to log to as well (e.g. tensorboard, wandb)
 
 @dataclass
 class EvalConfig:
-    "Evaluation: generation settings and grounding thresholds."
-    max_new_tokens: int = 32  # greedy generation budget
-    iou: float = 0.5  # Acc@IoU threshold for referring expressions
+    "Evaluation: generation settings, grounding thresholds and statistics."
+    max_new_tokens: int = 128  # greedy generation budget (vlm-evaluation: 128)
+    batch_size: int = 32  # prompts per generation batch (left-padded; same answers as batch size 1)
+    iou: float = 0.5  # headline Acc@IoU threshold for referring expressions (RefCOCO*: 0.5)
+    taus: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # IoU thresholds reported as Acc@τ
+    val_items: int = 300  # held-out items scored during/after training (validation; the evaluate stage uses all)
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals
+    ci_level: float = 0.95  # confidence level of the intervals
 
 # %% ../nbs/00_config.ipynb #b2e97f26
 @dataclass
