@@ -1,8 +1,11 @@
 """Selective scan speed and accuracy: the "torch" backend vs the sequential "ref" at VMamba-T/S stage shapes (224x224).
 
-Run single-threaded (the numbers in the docs were taken this way):
-    OMP_NUM_THREADS=1 python benchmarks/bench_selective_scan.py [--quick] [--csv out.csv]
-Times are the minimum over repeats, measured in one process; compare ratios, not absolute times, on a shared machine.
+Usage (one thread is what the team runs by default on the shared 2-core machine):
+    OMP_NUM_THREADS=1 python benchmarks/bench_selective_scan.py [--quick] [--threads 1,2] [--csv out.csv]
+--threads runs the whole table once per intra-op thread count (torch.set_num_threads), the reference and the "torch"
+backend always with the same setting in the same process. Times are minima over repeats; the reference and the "torch"
+backend are measured in interleaved rounds so that load from other processes hits both alike. Compare ratios, not
+absolute times, on a shared machine (the load average is printed with each table).
 """
 import math, os, platform, sys, tempfile, time
 import pandas as pd
@@ -23,13 +26,19 @@ def make_inputs(bs, dim, L, N, G=4, seed=0):
     return dict(u=r(bs, dim, L), delta=0.5 * r(bs, dim, L), A=-torch.arange(1, N + 1).float().repeat(dim, 1),
                 B=r(bs, G, N, L), C=r(bs, G, N, L), D=torch.ones(dim), delta_bias=dt + torch.log(-torch.expm1(-dt)))
 
-def best_ms(f, repeats):
-    "Minimum wall time of f() over `repeats` runs, after one warm-up when repeats > 1."
-    if repeats > 1: f()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
-    return 1e3 * min(ts)
+def once_ms(f):
+    "Wall time of one f() call in ms."
+    t0 = time.perf_counter(); f(); return 1e3 * (time.perf_counter() - t0)
+
+def paired_ms(f_ref, f_fast, rounds, fast_repeats, ref=True):
+    "Minimum times (ms) of f_ref and f_fast over `rounds` interleaved rounds of 1 ref run and `fast_repeats` fast runs."
+    if ref: f_ref()
+    f_fast()
+    t_ref = t_fast = float("inf")
+    for _ in range(rounds):
+        if ref: t_ref = min(t_ref, once_ms(f_ref))
+        t_fast = min([t_fast] + [once_ms(f_fast) for _ in range(fast_repeats)])
+    return (t_ref if ref else float("nan")), t_fast
 
 def run(x, backend, grad=False, gout=None):
     "One call (optionally with backward); returns (out, grads)."
@@ -48,13 +57,12 @@ def bench_one(stage, bs, dim, L, N, repeats, ref_repeats, mem_cap):
     x64 = {k: v.double() for k, v in x.items()}
     gout = torch.randn(bs, dim, L, generator=torch.Generator().manual_seed(1))
     row = dict(stage=stage, batch=bs, channels=dim, L=L, N=N)
-    rr = ref_repeats if L < 3136 else 1
-    row["ref_fwd_ms"] = best_ms(lambda: run(x, "ref"), rr)
-    row["torch_fwd_ms"] = best_ms(lambda: run(x, "torch"), repeats)
+    rr = ref_repeats if L < 3136 else max(1, ref_repeats // 2)
+    row["ref_fwd_ms"], row["torch_fwd_ms"] = paired_ms(lambda: run(x, "ref"), lambda: run(x, "torch"), rr, repeats)
     row["fwd_speedup"] = row["ref_fwd_ms"] / row["torch_fwd_ms"]
     ref_fits = ref_grad_bytes(bs, dim, L, N, 4) <= mem_cap
-    row["ref_fwdbwd_ms"] = best_ms(lambda: run(x, "ref", True, gout), rr) if ref_fits else float("nan")
-    row["torch_fwdbwd_ms"] = best_ms(lambda: run(x, "torch", True, gout), repeats)
+    row["ref_fwdbwd_ms"], row["torch_fwdbwd_ms"] = paired_ms(lambda: run(x, "ref", True, gout), lambda: run(x, "torch", True, gout),
+                                                             rr, repeats, ref=ref_fits)
     row["fwdbwd_speedup"] = row["ref_fwdbwd_ms"] / row["torch_fwdbwd_ms"]
     out, grads = run(x, "torch", True, gout)
     if ref_grad_bytes(bs, dim, L, N, 8) <= mem_cap:
@@ -68,21 +76,29 @@ def bench_one(stage, bs, dim, L, N, repeats, ref_repeats, mem_cap):
 
 @call_parse
 def main(quick: bool = False,       # batch 1, N=1 only (4 shapes)
-         csv: str = "",             # also write the table to this CSV path
-         repeats: int = 5,          # timed runs of the "torch" backend (minimum reported)
-         ref_repeats: int = 2,      # timed runs of the reference (1 at L=3136)
+         threads: str = "",         # comma-separated intra-op thread counts, one table each (e.g. "1,2"); "" = torch's current
+         csv: str = "",             # also write the table(s) to this CSV path (a `threads` column tells them apart)
+         repeats: int = 5,          # timed runs of the "torch" backend per round (minimum reported)
+         ref_repeats: int = 4,      # interleaved rounds (one reference run each; half as many at L=3136)
          mem_gb: float = 2.0,       # skip the reference's backward where its autograd graph would exceed this
         ):
     "Print forward and forward+backward times of the 'torch' and 'ref' selective-scan backends and the error vs float64."
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+    counts = [int(t) for t in threads.split(",") if t.strip()] or [torch.get_num_threads()]
+    print(f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     shapes = [(s, bs, dim, L, N) for bs in ((1,) if quick else (1, 8)) for N in ((1,) if quick else (1, 16)) for s, L, dim in STAGES]
-    rows = [bench_one(*sh, repeats, ref_repeats, mem_gb * 2**30) for sh in tqdm(shapes, desc="shapes", file=sys.stderr)]
-    df = pd.DataFrame(rows)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
-        print(df.to_string(index=False))
+    dfs = []
+    for nt in counts:
+        torch.set_num_threads(nt)
+        load0 = os.getloadavg()[0]
+        rows = [bench_one(*sh, repeats, ref_repeats, mem_gb * 2**30) for sh in tqdm(shapes, desc=f"{nt} thread(s)", file=sys.stderr)]
+        df = pd.DataFrame(rows); df.insert(0, "threads", nt); dfs.append(df)
+        print(f"\n== {nt} intra-op thread(s), ref and torch alike; 1-min load average {load0:.2f} before, {os.getloadavg()[0]:.2f} after ==")
+        with pd.option_context("display.width", 220, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+            print(df.to_string(index=False))
     print("NaN ref times: reference backward skipped (its autograd graph would exceed --mem-gb); "
           "grad_max_rel_err: max over inputs of max|g - g64| / max|g64|.")
+    df = pd.concat(dfs, ignore_index=True)
     if csv:
         d = os.path.dirname(os.path.abspath(csv)); os.makedirs(d, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=d, suffix=".tmp", delete=False) as f: df.to_csv(f, index=False)

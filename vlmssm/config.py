@@ -71,19 +71,25 @@ class DataConfig:
 # %% ../nbs/00_config.ipynb #a75da172
 @dataclass
 class EncoderEntry:
-    "One encoder of the study: a registry id and where its weights come from."
-    id: str  # encoder registry id (`vlmssm encoders` lists them)
-    weights: str = ""  # "" = as trained by the study (pico) or random; "hub" = the published weights; or a local file
+    "One encoder of the study: a registry id (`vlmssm encoders`), where its weights come from, and optional tap/resize overrides."
+    id: str  # encoder registry id (`vlmssm encoders` lists them; `*-pico` are the CPU-study configs)
+    weights: str = ""  # "" = as pretrained by stage 10_pretrain (pico) or random; "hub" = the published weights; or a local file
+    tap: str = ""  # "" = the paper's tap (ViTs `block -2`, hierarchical `stage 3`); e.g. "block -1", "stage 4", "stage 3 layer 10"
+    resize: str = ""  # "" = the encoder's own strategy (the authors' per-family letterbox); or letterbox | resize-naive | resize-crop | fit-pad | letterbox-square-N
 
 @dataclass
 class PretrainConfig:
-    "Encoder pretraining on the benchmark's classification task (the ImageNet-1K analog)."
-    steps: int = 600  # optimizer steps per encoder (0 = no pretraining: real encoders keep their published weights)
+    "Encoder pretraining on the benchmark's classification task (the ImageNet-1K analog); real encoders use their published top-1."
+    steps: int = 600  # optimizer steps per pico encoder (0 = no pretraining: pico encoders stay random, real ones keep their weights)
     batch_size: int = 64  # images per step
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 0.05  # AdamW weight decay (not on biases and 1-D parameters)
-    warmup_ratio: float = 0.05  # linear warmup share of the steps, then cosine decay
-    image_size: int = 64  # square training resolution (letterboxed)
+    warmup_ratio: float = 0.05  # linear warmup share of the steps, then cosine decay to 0
+    image_size: int = 64  # square training resolution; pico encoders are built (and later used) at this size
+    resize: str = "letterbox"  # how training images become encoder inputs (a `vlmssm.geometry` strategy)
+    eval_every: int = 50  # steps between validation top-1 evaluations (the learning curve)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    grad_clip: float = 1.0  # gradient-norm clipping (0 = off)
 
 # %% ../nbs/00_config.ipynb #329981c9
 @dataclass
