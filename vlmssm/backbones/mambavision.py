@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 
 from ..ssm import get_scan_backend, selective_scan
+from .vmamba import _take_indices  # timm's feature-index rule, one copy for the SSM families
 
 # %% auto #0
 __all__ = ['default_cfgs', 'CheckpointError', 'PretrainedUnavailableError', 'load_checkpoint_file', 'unwrap_state_dict',
@@ -279,17 +280,6 @@ class MambaVisionLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #9a6975e4
-def _take_indices(n: int, indices) -> Tuple[List[int], int]:
-    "timm's convention: None → all, int k → last k, sequence → those (negative from the end)."
-    if indices is None: indices = n
-    if isinstance(indices, int):
-        if not 0 < indices <= n: raise ValueError(f"indices={indices}: take-last-n must be in 1..{n}")
-        take = list(range(n - indices, n))
-    else:
-        take = [i + n if i < 0 else i for i in indices]
-        if not take or any(not 0 <= i < n for i in take): raise ValueError(f"indices={list(indices)} out of range for {n} features")
-    return take, max(take)
-
 class MambaVision(nn.Module):
     "MambaVision (NVlabs) with the official parameter names and timm's model API."
     def __init__(self,
