@@ -55,6 +55,8 @@ class DataConfig:
     # Labels written per scene.
     vqa_per_family: int = 2  # questions per family per scene (attribute, count, exist (one yes/no pair per 2), spatial)
     refs_per_scene: int = 2  # referring expressions per scene (each names exactly one object)
+    caption_records: bool = False  # also write one "describe the image" record per scene: every object with its box, left to right (LLaVA's detailed-description analog)
+    describe_with: list[str] = field(default_factory=lambda: ["size", "color", "shape"])  # attributes that questions and referring expressions may use to name objects (a subset of size/color/shape; answers may still be any attribute)
     pope_negatives: list[str] = field(default_factory=lambda: ["random", "adversarial"])  # existence negatives, cycled: `random` absent class, `adversarial` shares colour or shape with a present object
     turns_per_conversation: int = 10  # question–answer turns per LLaVA training record (10 = all of a default scene; more turns → several records)
     box_decimals: int = 2  # decimals of the normalised box text (LLaVA-665K / RefCOCO convention: 2)
@@ -113,6 +115,7 @@ class EmbeddedLMConfig:
     pretrain_steps: int = 1000  # steps of causal-LM pretraining on the text side of the training data (0 = random LM)
     pretrain_lr: float = 1.0e-3  # peak LR of that pretraining (AdamW, warmup + cosine)
     pretrain_batch: int = 64  # sequences per pretraining step
+    pretrain_context: bool = False  # pretraining documents put each image's description record (`data.caption_records`) before its other turns, text only: the LM learns to answer from context, as a real pretrained LLM can
     seed: int = 0  # init seed of the LM (one shared "pretrained LLM" for every encoder and seed)
 
 @dataclass

@@ -21,9 +21,9 @@ from .train import ConversationDataset, train
 from .vlm import VLM, _sha256_file, token_grid
 
 # %% auto #0
-__all__ = ['llava_dicts', 'tokenizer_corpus', 'build_embedded_lm', 'RunJob', 'split_features', 'build_vlm', 'run_job', 'validate',
-           'summarize_items', 'encoder_weights', 'plan_runs', 'train_study', 'measure_cache_speedup', 'loss_curves',
-           'plot_loss_curves', 'read_val_items', 'plot_val_scores', 'val_table']
+__all__ = ['llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob', 'split_features', 'build_vlm',
+           'run_job', 'validate', 'summarize_items', 'encoder_weights', 'plan_runs', 'train_study',
+           'measure_cache_speedup', 'loss_curves', 'plot_loss_curves', 'read_val_items', 'plot_val_scores', 'val_table']
 
 # %% ../nbs/10a_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -42,6 +42,20 @@ def tokenizer_corpus(records: list[dict], prompt_format: str = "vicuna-v15") -> 
     fmt = get_prompt_format("vicuna-v15", SimpleNamespace(eos_token="</s>"))
     return [w.rstrip() for r in records for w in fmt.turns(r["conversations"])]
 
+def context_documents(records: list[dict]) -> list[dict]:
+    "Text-only LM documents: per image, its description record's turns first, then every other turn of that image."
+    from vlmssm.data.tasks import CAPTION_PROMPT
+    by_image: dict = {}
+    for r in records: by_image.setdefault(r.get("image"), []).append(r)
+    docs = []
+    for img, rs in by_image.items():
+        first = [r for r in rs if CAPTION_PROMPT in r["conversations"][0]["value"]]
+        if not first: docs += rs; continue
+        conv = [t for r in first + [r for r in rs if r not in first] for t in r["conversations"]]
+        conv = [dict(t, value=t["value"].replace("<image>", "").strip()) for t in conv]
+        docs.append({"id": f"{first[0]['id']}-context", "image": img, "conversations": conv})
+    return docs
+
 def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `LlavaRecord`s): the LM's text
                       cfg: StudyConfig,  # uses `vlm.embedded`, `vlm.prompt_format`, `train` (optimizer settings)
                       out_dir,  # where `lm/` (the saved LM) and `lm_pretrain/` (its loss curve) go
@@ -57,7 +71,7 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
     summary = {}
     if e.pretrain_steps > 0:
         vlm = VLM(lm, tok, prompt_format=cfg.vlm.prompt_format)
-        data = ConversationDataset(records, vlm.fmt, use_images=False, supervise="all")
+        data = ConversationDataset(context_documents(records) if e.pretrain_context else records, vlm.fmt, use_images=False, supervise="all")
         tc = replace(cfg.train, stage="finetune", steps=e.pretrain_steps, global_batch=e.pretrain_batch, lr=e.pretrain_lr,
                      per_device_batch=min(e.pretrain_batch, cfg.train.per_device_batch), save_every=0, eval_every=0, trackers=[])
         summary = train(vlm, data, tc, out / "lm_pretrain", seed=e.seed, device=device, progress=progress, save_model=False, resume=True)

@@ -109,6 +109,9 @@ def check_data_config(cfg: DataConfig) -> DataConfig:
     for n in cfg.pope_negatives:
         if n not in ("random", "adversarial"): raise bad("pope_negatives", f"{n!r} is not one of 'random', 'adversarial'")
     if not cfg.pope_negatives: raise bad("pope_negatives", "needs at least one strategy")
+    for a in cfg.describe_with:
+        if a not in ("size", "color", "shape"): raise bad("describe_with", f"{a!r} is not one of 'size', 'color', 'shape'")
+    if not cfg.describe_with or len(set(cfg.describe_with)) != len(cfg.describe_with): raise bad("describe_with", "needs one or more distinct attributes")
     for k in ("n_train", "n_val", "n_test", "vqa_per_family", "refs_per_scene", "clutter"):
         if getattr(cfg, k) < 0: raise bad(k, f"must be >= 0, got {getattr(cfg, k)}")
     if cfg.turns_per_conversation < 1: raise bad("turns_per_conversation", "must be >= 1")

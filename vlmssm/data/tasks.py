@@ -6,15 +6,16 @@
 from __future__ import annotations
 import ast, itertools, math
 from collections import Counter, defaultdict
+from typing import Sequence
 from dataclasses import dataclass, field, asdict
 import numpy as np
 from ..config import DataConfig
 from .scenes import Scene, SceneObject, categories, check_data_config, get_shape
 
 # %% auto #0
-__all__ = ['LOCS', 'ATTRS', 'RELS', 'FAMILIES', 'BALANCE', 'REF_PROMPT', 'REF_EVAL_PROMPT', 'VQA_SUFFIX', 'box_to_text',
-           'parse_box', 'box_from_text', 'Desc', 'resolve', 'unique_desc', 'relation', 'VQAItem', 'RefItem',
-           'classification_targets', 'SceneTasks', 'scene_to_tasks', 'to_conversations']
+__all__ = ['LOCS', 'ATTRS', 'RELS', 'FAMILIES', 'BALANCE', 'REF_PROMPT', 'REF_EVAL_PROMPT', 'VQA_SUFFIX', 'CAPTION_PROMPT',
+           'box_to_text', 'parse_box', 'box_from_text', 'Desc', 'resolve', 'unique_desc', 'relation', 'VQAItem',
+           'RefItem', 'classification_targets', 'SceneTasks', 'scene_to_tasks', 'caption_text', 'to_conversations']
 
 # %% ../../nbs/01a_data.tasks.ipynb #416fd7b0
 def box_to_text(box,  # (x1, y1, x2, y2) in pixels of the original image
@@ -75,9 +76,11 @@ def unique_desc(scene: Scene, i: int, rng: np.random.Generator,
                 exclude: tuple = (),  # attributes that may not be used (the one a question asks about)
                 need_shape: bool = False,  # always name the shape (referring expressions)
                 margin: float = 0.12,  # `cfg.relation_margin`
+                attrs: Sequence[str] = ATTRS,  # attributes a description may use (`cfg.describe_with`)
                ) -> Desc | None:
     "A description that denotes object `i` and nothing else, or None if none exists."
-    o, avail = scene.objects[i], [a for a in ATTRS if a not in exclude]
+    o, avail = scene.objects[i], [a for a in ATTRS if a in attrs and a not in exclude]
+    need_shape = need_shape and "shape" in attrs
     subsets = [s for r in range(1, len(avail) + 1) for s in itertools.combinations(avail, r) if not need_shape or "shape" in s]
     descs = [Desc(**{a: getattr(o, a) for a in s}) for s in subsets]
     ok = [d for d in descs if resolve(d, scene, margin) == [i]]
@@ -139,16 +142,18 @@ def _attribute_qs(scene, rng, cfg):
     tmpl = {"color": "What color is {d}?", "shape": "What shape is {d}?", "size": "What size is {d}?"}
     for i, o in enumerate(scene.objects):
         for a in ("color", "shape", "size"):
-            d = unique_desc(scene, i, rng, exclude=(a,), margin=cfg.relation_margin)
+            d = unique_desc(scene, i, rng, exclude=(a,), margin=cfg.relation_margin, attrs=cfg.describe_with)
             if d is not None: qs.append(VQAItem(tmpl[a].format(d=d.text()), getattr(o, a), "attribute", f"attr_{a}", "other", (i,)))
     return qs
 
 def _count_qs(scene, rng, cfg):
     objs, qs = scene.objects, [VQAItem("How many objects are there?", str(len(scene.objects)), "count", "count_all", "number")]
-    for c in cfg.colors:
+    by_color, by_shape = "color" in cfg.describe_with, "shape" in cfg.describe_with
+    for c in (cfg.colors if by_color else ()):
         qs.append(VQAItem(f"How many {c} objects are there?", str(sum(o.color == c for o in objs)), "count", "count_color", "number"))
-    for s in cfg.shapes:
+    for s in (cfg.shapes if by_shape else ()):
         qs.append(VQAItem(f"How many {get_shape(s).plural} are there?", str(sum(o.shape == s for o in objs)), "count", "count_shape", "number"))
+    if not (by_color and by_shape): return qs
     present = sorted({(o.color, o.shape) for o in objs})
     absent = [(c, s) for s in cfg.shapes for c in cfg.colors if (c, s) not in present]
     pairs = present + [absent[j] for j in rng.choice(len(absent), min(len(absent), len(present)), replace=False)]
@@ -159,18 +164,22 @@ def _count_qs(scene, rng, cfg):
 
 def _exist_qs(scene, rng, cfg, k):
     "k questions alternating yes / no (starting at random); negatives cycle through `cfg.pope_negatives`."
-    present = sorted({(o.color, o.shape) for o in scene.objects})
-    absent = [(c, s) for s in cfg.shapes for c in cfg.colors if (c, s) not in present]
-    hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+    by_color, by_shape = "color" in cfg.describe_with, "shape" in cfg.describe_with
+    if not (by_color or by_shape): return []
+    key = lambda o: (o.color if by_color else None, o.shape if by_shape else None)  # what a question names: colour, shape or both
+    present = sorted({key(o) for o in scene.objects}, key=lambda t: tuple(x or "" for x in t))
+    absent = [(c, s) for s in (cfg.shapes if by_shape else [None]) for c in (cfg.colors if by_color else [None]) if (c, s) not in present]
+    hard = [(c, s) for c, s in absent if any((c is not None and c == pc) or (s is not None and s == ps) for pc, ps in present)]
+    if not (by_color and by_shape): hard = absent  # one attribute: every absent value is as close as it gets
     out, start, strat0 = [], int(rng.integers(2)), int(rng.integers(len(cfg.pope_negatives)))
-    q = lambda c, s: f"Is there a {c} {s} in the image?"
+    q = lambda c, s: f"Is there {Desc(color=c, shape=s).text('a')} in the image?"
     used = set()
     for j in range(k):
         if (start + j) % 2 == 0:
             pool = [p for p in present if p not in used]
             if not pool: continue
             c, s = pool[int(rng.integers(len(pool)))]
-            objs = tuple(i for i, o in enumerate(scene.objects) if (o.color, o.shape) == (c, s))
+            objs = tuple(i for i, o in enumerate(scene.objects) if key(o) == (c, s))
             out.append(VQAItem(q(c, s), "yes", "exist", "exist", "yes/no", objs))
         else:
             strat = cfg.pope_negatives[(strat0 + j//2) % len(cfg.pope_negatives)]
@@ -183,7 +192,7 @@ def _exist_qs(scene, rng, cfg, k):
 
 def _spatial_qs(scene, rng, cfg, k):
     objs, m = scene.objects, cfg.relation_margin
-    descs = {i: unique_desc(scene, i, rng, margin=m) for i in range(len(objs))}
+    descs = {i: unique_desc(scene, i, rng, margin=m, attrs=cfg.describe_with) for i in range(len(objs))}
     yn, what = [], []
     for i, j in itertools.permutations(range(len(objs)), 2):
         if descs[i] is None or descs[j] is None: continue
@@ -205,6 +214,7 @@ def _spatial_qs(scene, rng, cfg, k):
 REF_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: {sentence}."  # LLaVA-665K training prompt (recipe_eval.md §1.8)
 REF_EVAL_PROMPT = 'Please provide the bounding box coordinate of the region this sentence describes: "{sentence}"'  # VE's RefCOCO prompt (§2.1)
 VQA_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5 / VE short-answer instruction
+CAPTION_PROMPT = "Describe the objects in the image and where they are."  # `DataConfig.caption_records`
 
 @dataclass
 class RefItem:
@@ -219,7 +229,7 @@ def _refs(scene, rng, cfg):
     out = []
     for i in rng.permutation(len(scene.objects)):
         if len(out) >= cfg.refs_per_scene: break
-        d = unique_desc(scene, int(i), rng, need_shape=True, margin=cfg.relation_margin)
+        d = unique_desc(scene, int(i), rng, need_shape=True, margin=cfg.relation_margin, attrs=cfg.describe_with)
         if d is None: continue
         o = scene.objects[int(i)]
         out.append(RefItem(d.text(), int(i), o.box, box_to_text(o.box, scene.width, scene.height, cfg.box_decimals), d))
@@ -259,6 +269,14 @@ def scene_to_tasks(scene: Scene, cfg: DataConfig | None = None) -> SceneTasks:
     return SceneTasks(scene, classification_targets(scene, cfg), vqa, _refs(scene, rng, cfg))
 
 # %% ../../nbs/01a_data.tasks.ipynb #a82f0a28
+def caption_text(scene: Scene, cfg: DataConfig | None = None) -> str:
+    "Every object, left to right, named by the `describe_with` attributes with its box: '2 objects: a large red object at [0.5, ...], ...'."
+    cfg = cfg or DataConfig()
+    objs = sorted(scene.objects, key=lambda o: (o.box[0], o.box[1]))
+    name = lambda o: Desc(**{a: getattr(o, a) for a in ATTRS if a in cfg.describe_with}).text("a")
+    parts = [f"{name(o)} at {box_to_text(o.box, scene.width, scene.height, cfg.box_decimals)}" for o in objs]
+    return f"{len(objs)} object{'s' if len(objs) != 1 else ''}: " + ", ".join(parts)
+
 def to_conversations(tasks: SceneTasks,
                      image: str,  # image path relative to the dataset root (LLaVA's `image` field)
                      id: str,  # record id prefix
@@ -277,4 +295,7 @@ def to_conversations(tasks: SceneTasks,
         for j, (h, g) in enumerate(turns[k:k + n]):
             conv += [{"from": "human", "value": ("<image>\n" + h) if j == 0 else h}, {"from": "gpt", "value": g}]
         out.append({"id": f"{id}" if len(turns) <= n else f"{id}-{k//n}", "image": image, "conversations": conv})
+    if cfg.caption_records:
+        out.append({"id": f"{id}-caption", "image": image, "conversations": [{"from": "human", "value": "<image>\n" + CAPTION_PROMPT},
+                                                                             {"from": "gpt", "value": caption_text(tasks.scene, cfg)}]})
     return out
