@@ -23,7 +23,8 @@ from .vlm import VLM, _sha256_file, token_grid
 # %% auto #0
 __all__ = ['llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob', 'split_features', 'build_vlm',
            'run_job', 'validate', 'summarize_items', 'encoder_weights', 'plan_runs', 'train_study',
-           'measure_cache_speedup', 'loss_curves', 'plot_loss_curves', 'read_val_items', 'plot_val_scores', 'val_table']
+           'measure_cache_speedup', 'loss_curves', 'plot_loss_curves', 'read_val_items', 'plot_val_scores', 'val_table',
+           'compare_to']
 
 # %% ../nbs/10a_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -356,4 +357,27 @@ def val_table(items: pd.DataFrame, level: float = 0.95, n_resamples: int = 1000)
             m = sub.assign(v=f(sub[col])).pivot_table(index="seed", columns="item", values="v").dropna(axis=1).to_numpy()
             est, lo, hi = seed_item_bootstrap(m, level=level, n_resamples=n_resamples) if m.shape[1] > 1 else (m.mean(), np.nan, np.nan)
             out.append({"encoder": enc, "metric": metric, "value": 100 * est, "low": 100 * lo, "high": 100 * hi, "seeds": m.shape[0], "items": m.shape[1]})
+    return pd.DataFrame(out)
+
+def _metric_matrices(items: pd.DataFrame):
+    "(metric, seeds × items matrix) pairs of one model: VQA overall and per family, strict Acc@0.5."
+    v, r = items[items.kind == "vqa"], items[items.kind == "ref"]
+    subs = [("vqa_acc", v, v.score)] + [(f"vqa_{f}", g, g.score) for f, g in v.groupby("family")]
+    if len(r): subs.append(("acc@0.5", r, (r.iou_strict.fillna(0) >= 0.5).astype(float)))
+    return [(m, s.assign(v=x).pivot_table(index="seed", columns="item", values="v")) for m, s, x in subs if len(s)]
+
+def compare_to(items: pd.DataFrame, reference: str = "blind", level: float = 0.95, n_resamples: int = 1000) -> pd.DataFrame:
+    "Every encoder minus `reference` (points), per metric, with paired seed × item bootstrap CIs (same items, seeds independent)."
+    from vlmssm.metrics import paired_difference
+    ref = dict(_metric_matrices(items[items.encoder == reference]))
+    out = []
+    for enc, g in items[items.encoder != reference].groupby("encoder"):
+        for metric, a in _metric_matrices(g):
+            if metric not in ref: continue
+            cols = a.columns.intersection(ref[metric].columns)
+            if len(cols) < 2: continue
+            d = paired_difference(a[cols].to_numpy(), ref[metric][cols].to_numpy(), level=level, n_resamples=n_resamples)
+            out.append({"encoder": enc, "reference": reference, "metric": metric, "value": 100 * a[cols].to_numpy().mean(),
+                        "reference_value": 100 * ref[metric][cols].to_numpy().mean(), "diff": 100 * d["diff"],
+                        "low": 100 * d["low"], "high": 100 * d["high"], "seeds": a.shape[0], "items": len(cols)})
     return pd.DataFrame(out)
