@@ -21,7 +21,8 @@ def test_user_errors_are_one_line(tmp_path):
              (("study", "--preset", "smoke", "--only", "dtaa", "--run_dir", str(tmp_path)), "unknown stage 'dtaa'"),
              (("config", "--preset", "smoke", "--set", "train.lr=fast"), "config key 'train.lr': expected float"),
              (("config", "--preset", "paper"), "missing path(s) or weight(s)"),
-             (("nosuch",), "unknown command 'nosuch'")]
+             (("nosuch",), "unknown command 'nosuch'"),
+             (("chat", "--run", str(tmp_path)), "missing --image, --prompt")]
     bad = tmp_path/"bad.yaml"; bad.write_text("inherit: smoke\ndata: {n_trian: 3}\n")
     cases.append((("config", "--preset", str(bad)), "unknown config key 'data.n_trian' (did you mean 'n_train'?)"))
     for args, msg in cases:

@@ -27,3 +27,15 @@ def test_rerun_skips_everything(smoke_run):
     rd, _ = smoke_run
     table = run_study("smoke", run_dir=rd, progress=False, overrides=["paths.figures_dir=" + str(rd/"figures")])
     assert set(table.status) == {"skipped"}
+
+def test_chat_answers_from_a_trained_run(smoke_run):
+    "`vlmssm chat --run DIR --image X --prompt …` on a run the smoke study trained (the issue's user check)."
+    import subprocess, sys
+    rd, _ = smoke_run
+    run = next(p for p in sorted((rd/"30_vlm_train"/"runs").iterdir()) if not p.name.startswith("blind"))
+    image = sorted((rd/"00_data"/"scenes"/"images"/"val").iterdir())[0]
+    r = subprocess.run([str(Path(sys.executable).parent/"vlmssm"), "chat", "--run", str(run), "--image", str(image),
+                        "--prompt", "How many objects are there?", "--max_new_tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stderr[-500:])
+    summary = json.loads((rd/"30_vlm_train"/"summary.json").read_text())
+    assert (rd/"30_vlm_train"/"val_vs_blind.csv").exists() and "best_minus_blind_vqa_acc" in summary

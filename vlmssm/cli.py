@@ -55,12 +55,14 @@ def encoders(family: str = None):  # only this family
         print(table.to_string(index=False))
     for eid, why in dict(table.attrs.get("unavailable") or {}).items(): print(f"not buildable here: {eid}: {why}")
 
-def chat(run: str,  # a trained VLM run directory
-         image: str,  # an image file
-         prompt: str,  # the question
+def chat(run: str = "",  # a trained VLM run directory (`--run DIR`)
+         image: str = "",  # an image file
+         prompt: str = "",  # the question
          max_new_tokens: int = 64,  # generation budget
         ):
-    "Answer a question about an image with a trained VLM."
+    "Answer a question about an image with a trained VLM: `vlmssm chat --run DIR --image X --prompt TEXT`."
+    missing = [f"--{k}" for k, v in (("run", run), ("image", image), ("prompt", prompt)) if not v]
+    if missing: raise ValueError(f"missing {', '.join(missing)} (usage: vlmssm chat --run DIR --image X --prompt TEXT)")
     from vlmssm.vlm import chat as _chat
     print(_chat(run, image, prompt, max_new_tokens=max_new_tokens))
 
