@@ -23,8 +23,8 @@ from .vlm import VLM, _sha256_file, token_grid
 # %% auto #0
 __all__ = ['llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob', 'split_features', 'build_vlm',
            'run_job', 'validate', 'summarize_items', 'encoder_weights', 'plan_runs', 'train_study',
-           'measure_cache_speedup', 'loss_curves', 'plot_loss_curves', 'read_val_items', 'plot_val_scores', 'val_table',
-           'compare_to']
+           'measure_cache_speedup', 'loss_curves', 'plot_loss_curves', 'read_val_items', 'plot_val_scores',
+           'compare_to', 'val_table']
 
 # %% ../nbs/10a_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -348,17 +348,6 @@ def plot_val_scores(scores: pd.DataFrame):
     fig.tight_layout()
     return fig
 
-def val_table(items: pd.DataFrame, level: float = 0.95, n_resamples: int = 1000) -> pd.DataFrame:
-    "Per-encoder validation scores with seed × item bootstrap CIs (VQA accuracy, strict Acc@0.5)."
-    out = []
-    for enc, g in items.groupby("encoder"):
-        for metric, sub, col, f in [("vqa_acc", g[g.kind == "vqa"], "score", lambda x: x), ("acc@0.5", g[g.kind == "ref"], "iou_strict", lambda x: (x >= 0.5).astype(float))]:
-            if not len(sub): continue
-            m = sub.assign(v=f(sub[col])).pivot_table(index="seed", columns="item", values="v").dropna(axis=1).to_numpy()
-            est, lo, hi = seed_item_bootstrap(m, level=level, n_resamples=n_resamples) if m.shape[1] > 1 else (m.mean(), np.nan, np.nan)
-            out.append({"encoder": enc, "metric": metric, "value": 100 * est, "low": 100 * lo, "high": 100 * hi, "seeds": m.shape[0], "items": m.shape[1]})
-    return pd.DataFrame(out)
-
 def _metric_matrices(items: pd.DataFrame):
     "(metric, seeds × items matrix) pairs of one model: VQA overall and per family, strict Acc@0.5."
     v, r = items[items.kind == "vqa"], items[items.kind == "ref"]
@@ -380,4 +369,15 @@ def compare_to(items: pd.DataFrame, reference: str = "blind", level: float = 0.9
             out.append({"encoder": enc, "reference": reference, "metric": metric, "value": 100 * a[cols].to_numpy().mean(),
                         "reference_value": 100 * ref[metric][cols].to_numpy().mean(), "diff": 100 * d["diff"],
                         "low": 100 * d["low"], "high": 100 * d["high"], "seeds": a.shape[0], "items": len(cols)})
+    return pd.DataFrame(out)
+
+def val_table(items: pd.DataFrame, level: float = 0.95, n_resamples: int = 1000) -> pd.DataFrame:
+    "Per-encoder validation scores with seed × item bootstrap CIs (VQA accuracy, strict Acc@0.5)."
+    out = []
+    for enc, g in items.groupby("encoder"):
+        for metric, m in _metric_matrices(g):
+            if metric not in ("vqa_acc", "acc@0.5"): continue
+            m = m.dropna(axis=1).to_numpy()
+            est, lo, hi = seed_item_bootstrap(m, level=level, n_resamples=n_resamples) if m.shape[1] > 1 else (m.mean(), np.nan, np.nan)
+            out.append({"encoder": enc, "metric": metric, "value": 100 * est, "low": 100 * lo, "high": 100 * hi, "seeds": m.shape[0], "items": m.shape[1]})
     return pd.DataFrame(out)
