@@ -358,11 +358,12 @@ def _metric_matrices(items: pd.DataFrame):
 def compare_to(items: pd.DataFrame, reference: str = "blind", level: float = 0.95, n_resamples: int = 1000) -> pd.DataFrame:
     "Every encoder minus `reference` (points), per metric, with paired seed × item bootstrap CIs (same items, seeds independent)."
     from vlmssm.metrics import paired_difference
-    ref = dict(_metric_matrices(items[items.encoder == reference]))
+    ref = {m: x.dropna(axis=1) for m, x in _metric_matrices(items[items.encoder == reference])}
     out = []
     for enc, g in items[items.encoder != reference].groupby("encoder"):
         for metric, a in _metric_matrices(g):
             if metric not in ref: continue
+            a = a.dropna(axis=1)  # items every seed answered, on both sides
             cols = a.columns.intersection(ref[metric].columns)
             if len(cols) < 2: continue
             d = paired_difference(a[cols].to_numpy(), ref[metric][cols].to_numpy(), level=level, n_resamples=n_resamples)
