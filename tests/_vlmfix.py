@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 from vlmssm.config import TrainConfig
 from vlmssm.connectors import create_connector
-from vlmssm.lm import TinyLMConfig, build_tokenizer, tiny_llama
+from vlmssm.config import EmbeddedLMConfig
+from vlmssm.lm import build_tokenizer, tiny_llama
 from vlmssm.vlm import VLM
 
 class FixtureEncoder(nn.Module):
@@ -39,7 +40,7 @@ def tokenizer():
                            vocab_size=320, min_frequency=1)
 
 def tiny_vlm(tok, blind: bool = False, layers: int = 1) -> VLM:
-    lm = tiny_llama(tok, TinyLMConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=layers), seed=0)
+    lm = tiny_llama(tok, EmbeddedLMConfig(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=layers), seed=0)
     return VLM(lm, tok) if blind else VLM(lm, tok, create_connector("gelu-mlp", 12, 32), FixtureEncoder())
 
 CFG = TrainConfig(steps=12, global_batch=16, per_device_batch=8, lr=3e-3, weight_decay=0.0, save_every=2)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from .config import EmbeddedLMConfig
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'IGNORE_INDEX', 'VICUNA_SYSTEM', 'PROMPT_FORMATS', 'SPECIAL_TOKENS', 'LMLoadError', 'load_lm',
            'prepare_tokenizer', 'PromptFormatError', 'Encoded', 'PromptFormat', 'VicunaV15', 'ChatTemplate',
-           'list_prompt_formats', 'get_prompt_format', 'build_tokenizer', 'TinyLMConfig', 'tiny_llama']
+           'list_prompt_formats', 'get_prompt_format', 'build_tokenizer', 'tiny_llama']
 
 # %% ../nbs/06_lm.ipynb #de2ae532
 class LMLoadError(OSError):
@@ -226,25 +227,18 @@ def build_tokenizer(texts: Iterable[str],  # the training text (questions, answe
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<PAD>", model_max_length=model_max_length, padding_side="right")
 
-@dataclass
-class TinyLMConfig:
-    "Size of the embedded Llama (`LlamaConfig` fields)."
-    hidden_size: int = 128  # model width Dl
-    num_hidden_layers: int = 2  # decoder layers
-    num_attention_heads: int = 4  # attention heads (= key/value heads)
-    intermediate_size: int = 512  # SwiGLU MLP width
-    max_position_embeddings: int = 512  # longest sequence (text + image tokens)
-
 def tiny_llama(tokenizer,  # the tokenizer the LM is built for (vocab size, special ids)
-               cfg: TinyLMConfig = TinyLMConfig(),  # sizes
-               seed: int = 0,  # init seed (global RNG untouched)
+               cfg: EmbeddedLMConfig | None = None,  # sizes (`hidden_size`, `num_layers`, `num_heads`, `intermediate_size`, `max_positions`); default: the study's
+               seed: int | None = None,  # init seed (global RNG untouched); None = `cfg.seed`
                pad_to_multiple_of: int = 64,  # embedding rows rounded up (as Prismatic's resize)
               ) -> LlamaForCausalLM:
     "A randomly initialised Llama-architecture causal LM sized by `cfg` for `tokenizer`."
+    cfg = cfg or EmbeddedLMConfig()
+    seed = cfg.seed if seed is None else seed
     vocab = -(-len(tokenizer) // pad_to_multiple_of) * pad_to_multiple_of
     lc = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                     num_key_value_heads=cfg.num_attention_heads, max_position_embeddings=cfg.max_position_embeddings,
+                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                     num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, attention_dropout=0.0)
     with torch.random.fork_rng(devices=[]):

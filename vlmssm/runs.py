@@ -15,7 +15,7 @@ import torch
 from .cache import FeatureCache
 from .config import StudyConfig, TrainConfig, from_dict, to_dict
 from .connectors import create_connector
-from .lm import VICUNA_SYSTEM, TinyLMConfig, build_tokenizer, load_lm, prepare_tokenizer, tiny_llama
+from .lm import VICUNA_SYSTEM, build_tokenizer, load_lm, prepare_tokenizer, tiny_llama
 from .metrics import acc_at, box_iou_from_text, seed_item_bootstrap, vqa_accuracy
 from .train import ConversationDataset, train
 from .vlm import VLM, _sha256_file, token_grid
@@ -68,7 +68,7 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
     final = out / "lm"
     if (final / "vlmssm_lm.json").exists() and json.loads((final / "vlmssm_lm.json").read_text())["key"] == key: return final
     tok = build_tokenizer(tokenizer_corpus(records, cfg.vlm.prompt_format), vocab_size=e.vocab_size, model_max_length=e.max_positions)
-    lm = tiny_llama(tok, TinyLMConfig(e.hidden_size, e.num_layers, e.num_heads, e.intermediate_size, e.max_positions), seed=e.seed)
+    lm = tiny_llama(tok, e)
     summary = {}
     if e.pretrain_steps > 0:
         vlm = VLM(lm, tok, prompt_format=cfg.vlm.prompt_format)
