@@ -2,9 +2,8 @@
 import numpy as np
 import torch
 import torch.nn as nn
-from vlmssm.config import TrainConfig
+from vlmssm.config import EmbeddedLMConfig, TrainConfig
 from vlmssm.connectors import create_connector
-from vlmssm.config import EmbeddedLMConfig
 from vlmssm.lm import build_tokenizer, tiny_llama
 from vlmssm.vlm import VLM
 
