@@ -15,6 +15,7 @@ import torch
 from .cache import FeatureCache
 from .config import StudyConfig, TrainConfig, from_dict, to_dict
 from .connectors import create_connector
+from transformers.utils.logging import disable_progress_bar
 from .lm import VICUNA_SYSTEM, build_tokenizer, load_lm, prepare_tokenizer, tiny_llama
 from .metrics import acc_at, box_iou_from_text, seed_item_bootstrap, vqa_accuracy
 from .train import ConversationDataset, train
@@ -135,6 +136,7 @@ def run_job(job: RunJob) -> dict:
     from vlmssm.data.benchmark import load_benchmark
     cfg = from_dict(StudyConfig, job.config)
     torch.set_num_threads(cfg.runtime.num_threads)
+    if not job.progress: disable_progress_bar()  # worker processes: no per-load weight bars in the stage log
     bench, out = load_benchmark(job.bench_root), Path(job.out_dir)
     records = llava_dicts(bench.llava("train"))
     feats = val_feats = enc = None
@@ -213,7 +215,7 @@ def _cache_job(args):
 
 def _lm_job(args):
     records, config, out_dir, device, threads = args
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads); disable_progress_bar()
     return str(build_embedded_lm(records, from_dict(StudyConfig, config), out_dir, device=device, progress=False))
 
 def _pool(n: int):
