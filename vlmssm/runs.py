@@ -136,7 +136,6 @@ def run_job(job: RunJob) -> dict:
     from vlmssm.data.benchmark import load_benchmark
     cfg = from_dict(StudyConfig, job.config)
     torch.set_num_threads(cfg.runtime.num_threads)
-    if not job.progress: disable_progress_bar()  # worker processes: no per-load weight bars in the stage log
     bench, out = load_benchmark(job.bench_root), Path(job.out_dir)
     records = llava_dicts(bench.llava("train"))
     feats = val_feats = enc = None
@@ -215,12 +214,12 @@ def _cache_job(args):
 
 def _lm_job(args):
     records, config, out_dir, device, threads = args
-    torch.set_num_threads(threads); disable_progress_bar()
+    torch.set_num_threads(threads)
     return str(build_embedded_lm(records, from_dict(StudyConfig, config), out_dir, device=device, progress=False))
 
 def _pool(n: int):
     import multiprocessing as mp
-    return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=disable_progress_bar)  # workers: no weight-loading bars in the stage log
 
 def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
     "Encoder id → weights: the config's `weights:` if set, else `<id>.safetensors` from the pretraining stage's outputs."
