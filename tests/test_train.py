@@ -22,19 +22,24 @@ def _run(tok, out, cfg=CFG, **kw):
 
 KILL_SCRIPT = """
 import sys, time; sys.path.insert(0, {here!r})
+from dataclasses import replace
 from _vlmfix import CFG, pixels, records, tiny_vlm, tokenizer
 from vlmssm.train import ConversationDataset, train
 v = tiny_vlm(tokenizer())
+CFG = replace(CFG, precision={precision!r})
 def slow(state):
     if state["step"] >= 4: time.sleep(0.5)   # widen the window in which the test kills the process
 train(v, ConversationDataset(records(48), v.fmt), CFG, {out!r}, pixels=pixels, progress=False, callbacks=[slow], device="cpu")
 """
 
-def test_resume_after_sigkill_is_identical(tok, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # the default preset trains with bf16 autocast on CPU
+def test_resume_after_sigkill_is_identical(tok, tmp_path, precision):
     "A run killed with SIGKILL mid-training and resumed ends with the same weights, loss curve and answers."
-    full, _ = _run(tok, tmp_path / "full")
+    cfg = replace(CFG, precision=precision)
+    full, sf = _run(tok, tmp_path / "full", cfg=cfg)
+    assert sf["bf16"] == (precision == "bf16")
     out = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(here=str(HERE), out=str(out))], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    p = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(here=str(HERE), out=str(out), precision=precision)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     t0 = time.time()
     while not ((out / "checkpoints" / "latest").exists() and (out / "checkpoints" / "latest").read_text() >= "step-000004"):
         assert p.poll() is None, "the training subprocess ended before it could be killed"
@@ -42,13 +47,13 @@ def test_resume_after_sigkill_is_identical(tok, tmp_path):
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     assert not (out / "summary.json").exists()
-    resumed, s = _run(tok, out, resume=True)
+    resumed, s = _run(tok, out, cfg=cfg, resume=True)
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()): assert torch.equal(a, b), n
     f, r = pd.read_csv(tmp_path / "full" / "loss.csv"), pd.read_csv(out / "loss.csv")
     assert f.drop(columns="seconds").equals(r.drop(columns="seconds"))
     px = torch.stack([pixels(c) for c in COLOURS])
     assert full.generate([QUESTION] * 3, pixel_values=px, max_new_tokens=3) == resumed.generate([QUESTION] * 3, pixel_values=px, max_new_tokens=3)
-    assert s["steps"] == CFG.steps and (out / "model" / "config.json").exists()
+    assert s["steps"] == cfg.steps and (out / "model" / "config.json").exists()
 
 def test_checkpoint_contents_and_refusal(tok, tmp_path):
     _run(tok, tmp_path / "r", cfg=replace(CFG, steps=4))

@@ -145,7 +145,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW weight decay, not on biases and 1-D parameters (Prismatic: 0.1; LLaVA: 0)
     warmup_ratio: float = 0.03  # linear warmup share of the steps, then cosine decay
     max_grad_norm: float = 1.0  # gradient clipping
-    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    precision: Literal["fp32", "bf16", "auto"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; "bf16" autocasts on a CPU too (fast with native bf16)
     grad_checkpointing: bool | None = None  # activation checkpointing of the LM layers; None = on for CUDA, off on CPU
     group_by_length: bool = True  # sort each global batch by length so micro-batches pad little (LLaVA/Prismatic)
     split_modality: bool = True  # image and text-only examples never share a batch (Prismatic SplitModalitySampler)

@@ -65,7 +65,10 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
                      ) -> Path:
     "Train the tokenizer and pretrain the tiny Llama on the text side of the data, once; returns the `save_pretrained` dir."
     records, e, out = llava_dicts(records), cfg.vlm.embedded, Path(out_dir)
-    key = hashlib.sha256(json.dumps([asdict(e), cfg.vlm.prompt_format, cfg.vlm.max_length, _records_hash(records)]).encode()).hexdigest()[:16]
+    tc = replace(cfg.train, stage="finetune", steps=e.pretrain_steps, global_batch=e.pretrain_batch, lr=e.pretrain_lr,
+                 per_device_batch=min(e.pretrain_batch, cfg.train.per_device_batch), save_every=0, eval_every=0, trackers=[])
+    recipe = {k: v for k, v in asdict(tc).items() if k not in ("log_every", "save_every", "eval_every", "trackers", "use_feature_cache")}
+    key = hashlib.sha256(json.dumps([asdict(e), recipe, cfg.vlm.prompt_format, cfg.vlm.max_length, _records_hash(records)]).encode()).hexdigest()[:16]
     final = out / "lm"
     if (final / "vlmssm_lm.json").exists() and json.loads((final / "vlmssm_lm.json").read_text())["key"] == key: return final
     tok = build_tokenizer(tokenizer_corpus(records, cfg.vlm.prompt_format), vocab_size=e.vocab_size, model_max_length=e.max_positions)
@@ -74,9 +77,10 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
     if e.pretrain_steps > 0:
         vlm = VLM(lm, tok, prompt_format=cfg.vlm.prompt_format)
         data = ConversationDataset(context_documents(records) if e.pretrain_context else records, vlm.fmt, use_images=False, supervise="all")
-        tc = replace(cfg.train, stage="finetune", steps=e.pretrain_steps, global_batch=e.pretrain_batch, lr=e.pretrain_lr,
-                     per_device_batch=min(e.pretrain_batch, cfg.train.per_device_batch), save_every=0, eval_every=0, trackers=[])
-        summary = train(vlm, data, tc, out / "lm_pretrain", seed=e.seed, device=device, progress=progress, save_model=False, resume=True)
+        pre = out / "lm_pretrain"
+        if pre.exists() and not ((pre / "key.txt").exists() and (pre / "key.txt").read_text() == key): shutil.rmtree(pre)  # a stale run
+        pre.mkdir(parents=True, exist_ok=True); (pre / "key.txt").write_text(key)
+        summary = train(vlm, data, tc, pre, seed=e.seed, device=device, progress=progress, save_model=False, resume=True)
         lm = vlm.lm.cpu()
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".lm.", dir=out))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #e39cc6d0
 from __future__ import annotations
-import csv, hashlib, json, math, os, random, shutil, tempfile, time
+import csv, hashlib, json, math, os, random, shutil, tempfile, time, warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +20,7 @@ from .vlm import VLM, pad_batch
 
 # %% auto #0
 __all__ = ['LOSS_FIELDS', 'ConversationDataset', 'Collator', 'epoch_batches', 'param_groups', 'save_checkpoint',
-           'load_checkpoint', 'resolve_device', 'total_steps', 'train']
+           'load_checkpoint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'train']
 
 # %% ../nbs/09_train.ipynb #f40c080a
 class ConversationDataset:
@@ -159,6 +159,11 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]):
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore"); w.writeheader(); w.writerows(rows)
     os.replace(tmp, path)
 
+def cpu_has_native_bf16() -> bool:
+    "Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX, through oneDNN)."
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError): return False
+
 def resolve_device(device: str = "auto") -> torch.device:
     "`auto` → CUDA if available, else CPU."
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -193,7 +198,13 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
-    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no", log_with=list(cfg.trackers) or None, project_dir=str(out))
+    if bf16 and not cuda and not cpu_has_native_bf16():
+        warnings.warn("train: precision 'bf16' on a CPU without native bf16 (AVX512-BF16/AMX): autocast is emulated and slower "
+                      "than fp32; set train.precision: fp32 on this machine")
+    # CUDA: accelerate owns mixed precision (DDP/FSDP policies). CPU: a plain bf16 autocast, so one process may train
+    # runs of different precisions (accelerate's process-wide state refuses a second Accelerator with another precision).
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 and cuda else "no", log_with=list(cfg.trackers) or None, project_dir=str(out))
+    autocast = acc.autocast if cuda else (lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16))
     set_seed(seed)
     vlm.freeze(cfg.stage, verbose=progress)
     if cfg.grad_checkpointing or (cfg.grad_checkpointing is None and cuda):
@@ -232,8 +243,8 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
             for k, mb in enumerate(micro):
                 batch = {key: v.to(acc.device) for key, v in coll(mb).items()}
                 with acc.no_sync(model) if k < len(micro) - 1 else _null():
-                    with acc.autocast():
-                        o = model(**batch, loss_reduction="sum")
+                    with autocast():
+                        o = model(**batch, loss_reduction="sum", target_logits_only=True)
                     acc.backward(o.loss * world / n_tgt)  # token-mean over the whole global batch (see above)
                 loss_sum += float(o.loss.detach())
             gn = acc.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from .connectors import Connector, create_connector
 from .lm import (IGNORE_INDEX, Encoded, LMLoadError, get_prompt_format, load_lm, prepare_tokenizer)
 
 # %% auto #0
-__all__ = ['STAGES', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM', 'prismatic_connector_id', 'chat']
+__all__ = ['STAGES', 'PLAIN_HEAD_LMS', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
+           'prismatic_connector_id', 'chat']
 
 # %% ../nbs/07_vlm.ipynb #bbd46229
 def merge_image_tokens(embeds: torch.Tensor,  # (B, L, Dl) token embeddings of the padded batch
@@ -68,6 +70,7 @@ def pad_batch(examples: Sequence[Encoded],  # tokenized examples
 
 # %% ../nbs/07_vlm.ipynb #90e5d6ce
 STAGES = {"align": ("connector",), "finetune": ("connector", "lm"), "full-finetune": ("connector", "lm", "encoder")}
+PLAIN_HEAD_LMS = {"llama", "mistral", "qwen2", "qwen3"}  # model types whose logits are exactly lm_head(base_model(...))
 
 def _sha256_file(path, chunk=1 << 20) -> str:
     h = hashlib.sha256()
@@ -128,9 +131,17 @@ class VLM(nn.Module):
         return merge_image_tokens(tok, attention_mask, img, image_pos.to(tok.device), labels)
 
     def forward(self, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None,
-                loss_reduction: str = "mean", **kwargs):
+                loss_reduction: str = "mean", target_logits_only: bool = False, **kwargs):
         embeds, mask, labels = self.embed(input_ids, attention_mask, image_pos, labels, pixel_values, image_features)
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
+            h = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
+            tgt = labels[:, 1:]; keep = tgt != IGNORE_INDEX
+            logits = self.lm.get_output_embeddings()(h[:, :-1][keep]).float()
+            out = CausalLMOutputWithPast(logits=logits)
+            out.loss = nn.functional.cross_entropy(logits, tgt[keep], reduction=loss_reduction)
+            out.n_targets = int(keep.sum())
+            return out
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
         if labels is not None:
             logits = out.logits[:, :-1].float()
