@@ -18,7 +18,7 @@ from .connectors import create_connector
 from transformers.utils.logging import disable_progress_bar
 from .lm import VICUNA_SYSTEM, build_tokenizer, load_lm, prepare_tokenizer, tiny_llama
 from .metrics import acc_at, box_iou_from_text, seed_item_bootstrap, vqa_accuracy
-from .train import ConversationDataset, train
+from .train import ConversationDataset, recipe_fingerprint, train
 from .vlm import VLM, _sha256_file, token_grid
 
 # %% auto #0
@@ -67,8 +67,7 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
     records, e, out = llava_dicts(records), cfg.vlm.embedded, Path(out_dir)
     tc = replace(cfg.train, stage="finetune", steps=e.pretrain_steps, global_batch=e.pretrain_batch, lr=e.pretrain_lr,
                  per_device_batch=min(e.pretrain_batch, cfg.train.per_device_batch), save_every=0, eval_every=0, trackers=[])
-    recipe = {k: v for k, v in asdict(tc).items() if k not in ("log_every", "save_every", "eval_every", "trackers", "use_feature_cache")}
-    key = hashlib.sha256(json.dumps([asdict(e), recipe, cfg.vlm.prompt_format, cfg.vlm.max_length, _records_hash(records)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([asdict(e), recipe_fingerprint(tc, e.seed, 0), cfg.vlm.prompt_format, cfg.vlm.max_length, _records_hash(records)]).encode()).hexdigest()[:16]
     final = out / "lm"
     if (final / "vlmssm_lm.json").exists() and json.loads((final / "vlmssm_lm.json").read_text())["key"] == key: return final
     tok = build_tokenizer(tokenizer_corpus(records, cfg.vlm.prompt_format), vocab_size=e.vocab_size, model_max_length=e.max_positions)

@@ -20,7 +20,7 @@ from .vlm import VLM, pad_batch
 
 # %% auto #0
 __all__ = ['LOSS_FIELDS', 'ConversationDataset', 'Collator', 'epoch_batches', 'param_groups', 'save_checkpoint',
-           'load_checkpoint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'train']
+           'load_checkpoint', 'recipe_fingerprint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'train']
 
 # %% ../nbs/09_train.ipynb #f40c080a
 class ConversationDataset:
@@ -149,7 +149,8 @@ def load_checkpoint(ckpt_dir: Path, model: nn.Module, optimizer, scheduler) -> d
 # %% ../nbs/09_train.ipynb #72b3fdc0
 LOSS_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "targets", "examples", "seconds"]
 
-def _fingerprint(cfg: TrainConfig, seed: int, n: int) -> str:
+def recipe_fingerprint(cfg: TrainConfig, seed: int, n: int) -> str:
+    "What determines a run's result: the recipe (not its logging/checkpoint cadence), the seed and the dataset size."
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every", "eval_every", "trackers")}
     return hashlib.sha256(json.dumps([keep, seed, n], sort_keys=True).encode()).hexdigest()[:16]
 
@@ -190,7 +191,7 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(cfg, seed, len(data))
+    fp = recipe_fingerprint(cfg, seed, len(data))
     if resume and (out / "summary.json").exists():
         done = json.loads((out / "summary.json").read_text())
         if done.get("fingerprint") != fp: raise ValueError(f"train: {out} holds a finished run of a different config/seed/dataset; refusing to resume")

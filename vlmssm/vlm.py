@@ -136,18 +136,15 @@ class VLM(nn.Module):
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
             h = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
-            tgt = labels[:, 1:]; keep = tgt != IGNORE_INDEX
-            logits = self.lm.get_output_embeddings()(h[:, :-1][keep]).float()
-            out = CausalLMOutputWithPast(logits=logits)
-            out.loss = nn.functional.cross_entropy(logits, tgt[keep], reduction=loss_reduction)
-            out.n_targets = int(keep.sum())
-            return out
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
-        if labels is not None:
-            logits = out.logits[:, :-1].float()
-            out.loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                                   ignore_index=IGNORE_INDEX, reduction=loss_reduction)
-            out.n_targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            keep = labels[:, 1:] != IGNORE_INDEX
+            out = CausalLMOutputWithPast(logits=self.lm.get_output_embeddings()(h[:, :-1][keep]))
+            logits, targets = out.logits, labels[:, 1:][keep]
+        else:
+            out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
+            if labels is None: return out
+            logits, targets = out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1)
+        out.loss = nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction=loss_reduction)
+        out.n_targets = int((targets != IGNORE_INDEX).sum())
         return out
 
 # %% ../nbs/07_vlm.ipynb #207d9c94
