@@ -3,7 +3,7 @@
 Usage (one thread, as the study's runs use):
     OMP_NUM_THREADS=1 python benchmarks/bench_feature_cache.py [--encoders vmamba-pico,vit-s-in1k-224] [--steps 3] [--n_train 64]
 
-Each encoder is timed with the default preset's recipe (`vlmssm.runs.measure_cache_speedup`: the same VLM, data and
+Each encoder is timed with the default preset's recipe (`vlmssm.profile.measure_cache_speedup`: the same VLM, data and
 batches, trained for a few steps once from the cache and once encoding pixels every step; the first step is left out).
 The default pico encoders cost ~1 ms per image, so the LM step dominates and the cache gives little; the paper-size
 encoders (random weights: the cost does not depend on them) show what the cache saves at the paper's resolution. The
@@ -17,7 +17,8 @@ import torch
 from fastcore.script import call_parse
 from vlmssm.config import load_config, to_dict
 from vlmssm.data.benchmark import load_benchmark, write_benchmark
-from vlmssm.runs import RunJob, build_embedded_lm, llava_dicts, measure_cache_speedup
+from vlmssm.profile import measure_cache_speedup
+from vlmssm.vlm_runs import RunJob, build_embedded_lm, llava_dicts
 
 
 @call_parse

@@ -217,7 +217,8 @@ def test_pretraining_is_independent_of_parallelism(tmp_path):
     "Two pico encoders pretrained in 2 processes give the same curves and cards as in one."
     from vlmssm.config import load_config, EncoderEntry
     from vlmssm.data.benchmark import write_benchmark
-    from vlmssm.backbones.pretrain import pretrain_study, learning_curves
+    from vlmssm.pretrain import pretrain_study
+    from vlmssm.analysis import learning_curves
     cfg = load_config("smoke")
     write_benchmark(replace(cfg.data, n_train=24, n_val=8, n_test=8), tmp_path / "scenes", progress=False)
     cfg = replace(cfg, encoders=[EncoderEntry("vit-pico"), EncoderEntry("mambavision-pico"), EncoderEntry("vit-s-in1k-224")],

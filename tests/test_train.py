@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _vlmfix import CFG, COLOURS, QUESTION, FixtureEncoder, pixels, records, tiny_vlm, tokenizer
+from vlmssm.config import TrainConfig
+from vlmssm.test_utils import COLOURS, QUESTION, FixtureEncoder, colour_pixels as pixels, colour_records as records, fixture_tokenizer as tokenizer, tiny_vlm
+
+CFG = TrainConfig(steps=12, global_batch=16, per_device_batch=8, lr=3e-3, weight_decay=0.0, save_every=2)
 from vlmssm.cache import FeatureCache
 from vlmssm.train import ConversationDataset, epoch_batches, param_groups, train
 
@@ -21,9 +24,11 @@ def _run(tok, out, cfg=CFG, **kw):
     return v, s
 
 KILL_SCRIPT = """
-import sys, time; sys.path.insert(0, {here!r})
+import time
 from dataclasses import replace
-from _vlmfix import CFG, pixels, records, tiny_vlm, tokenizer
+from vlmssm.config import TrainConfig
+from vlmssm.test_utils import colour_pixels as pixels, colour_records as records, fixture_tokenizer as tokenizer, tiny_vlm
+CFG = TrainConfig(steps=12, global_batch=16, per_device_batch=8, lr=3e-3, weight_decay=0.0, save_every=2)
 from vlmssm.train import ConversationDataset, train
 v = tiny_vlm(tokenizer())
 CFG = replace(CFG, precision={precision!r})

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from _vlmfix import FixtureEncoder, QUESTION, pixels, tiny_vlm, tokenizer
+from vlmssm.test_utils import FixtureEncoder, QUESTION, colour_pixels as pixels, fixture_tokenizer as tokenizer, tiny_vlm
 from vlmssm.connectors import create_connector, list_connectors
 from vlmssm.lm import IGNORE_INDEX, VICUNA_SYSTEM, get_prompt_format, load_lm, LMLoadError
 from vlmssm.vlm import VLM, chat, merge_image_tokens, pad_batch

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_cache.ipynb #d80a455b
 from __future__ import annotations
-import hashlib, io, json, os, shutil, tempfile, time
+import hashlib, json, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+from .utils import atomic_dir, content_hash
 
 # %% auto #0
 __all__ = ['fingerprint_module', 'fingerprint_images', 'cache_key', 'CachedFeatures', 'FeatureCache']
@@ -45,7 +46,7 @@ def fingerprint_images(images: Sequence,  # paths (file bytes are hashed), PIL i
 
 def cache_key(encoder_id: str, weights: str, transform: str, images: str) -> str:
     "The entry key: SHA-256 over the encoder id, weights hash, transform repr and image-content hash."
-    return hashlib.sha256(json.dumps([encoder_id, weights, transform, images]).encode()).hexdigest()[:32]
+    return content_hash([encoder_id, weights, transform, images], n=32)
 
 # %% ../nbs/08_cache.ipynb #fa08bbee
 @dataclass
@@ -100,8 +101,7 @@ class FeatureCache:
         key = cache_key(encoder_id, weights_hash or fingerprint_module(encoder), repr(transform), fingerprint_images(images, ids))
         if (self.path(key) / "meta.json").exists(): return self.load(key)
         t0 = time.perf_counter()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
-        try:
+        with atomic_dir(self.path(key), replace=False) as tmp:  # a concurrent process that finished first wins
             out, was_training = None, encoder.training
             encoder.eval().to(device)
             with torch.no_grad():
@@ -116,12 +116,6 @@ class FeatureCache:
             secs = time.perf_counter() - t0
             (tmp / "meta.json").write_text(json.dumps({"ids": ids, "encoder_id": encoder_id, "transform": repr(transform),
                                                        "seconds": secs, "created": time.time()}))
-            try: os.rename(tmp, self.path(key))
-            except OSError:  # another process finished the same entry first: keep theirs
-                if not (self.path(key) / "meta.json").exists(): raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
         res = self.load(key, hit=False); res.seconds = secs
         return res
 

@@ -4,12 +4,13 @@
 
 # %% ../nbs/05_connectors.ipynb #e3a7933d
 from __future__ import annotations
-import difflib, math
+import math
 from dataclasses import dataclass
 from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .utils import did_you_mean
 
 # %% auto #0
 __all__ = ['CONNECTORS', 'merge_tokens', 'ConnectorSpec', 'UnknownConnectorError', 'list_connectors', 'get_connector',
@@ -59,9 +60,7 @@ def list_connectors(verbose: bool = False) -> list[str] | dict[str, str]:
 def get_connector(id: str) -> ConnectorSpec:
     "The registry entry for `id`; unknown ids list the valid ones."
     if id in CONNECTORS: return CONNECTORS[id]
-    close = difflib.get_close_matches(id, list(CONNECTORS), n=2)
-    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-    raise UnknownConnectorError(f"unknown connector {id!r}{hint}; valid: {', '.join(CONNECTORS)}")
+    raise UnknownConnectorError(f"unknown connector {id!r}{did_you_mean(id, CONNECTORS, n=2)}; valid: {', '.join(CONNECTORS)}")
 
 # %% ../nbs/05_connectors.ipynb #d9b560f6
 class Connector(nn.Module):

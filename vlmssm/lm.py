@@ -4,13 +4,14 @@
 
 # %% ../nbs/06_lm.ipynb #0fb47d6a
 from __future__ import annotations
-import difflib, os
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .config import EmbeddedLMConfig
+from .utils import did_you_mean, is_offline
 
 # %% auto #0
 __all__ = ['IMAGE_TOKEN', 'IGNORE_INDEX', 'VICUNA_SYSTEM', 'PROMPT_FORMATS', 'SPECIAL_TOKENS', 'LMLoadError', 'load_lm',
@@ -21,9 +22,6 @@ __all__ = ['IMAGE_TOKEN', 'IGNORE_INDEX', 'VICUNA_SYSTEM', 'PROMPT_FORMATS', 'SP
 class LMLoadError(OSError):
     "A language model or tokenizer that cannot be loaded; one line naming the id and the reason."
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
 def load_lm(name_or_path: str,  # hub id (e.g. "lmsys/vicuna-7b-v1.5") or a local `save_pretrained` directory
             trust_remote_code: bool = False,  # run model code from the hub repo (off by default)
             dtype: torch.dtype | str | None = None,  # weights dtype (None = as saved)
@@ -31,7 +29,7 @@ def load_lm(name_or_path: str,  # hub id (e.g. "lmsys/vicuna-7b-v1.5") or a loca
            ) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     "Load a causal LM and its tokenizer; one clear line if they are missing or offline."
     local = Path(name_or_path).expanduser()
-    if local_files_only is None: local_files_only = _offline()
+    if local_files_only is None: local_files_only = is_offline()
     if local.is_dir() and not (local / "config.json").exists():
         raise LMLoadError(f"LM directory {local} has no config.json (expected a save_pretrained directory)")
     src = str(local) if local.is_dir() else name_or_path
@@ -204,8 +202,7 @@ def get_prompt_format(name: str,  # "vicuna-v15" | "chat-template" | "auto" (the
     "Build a prompt format by name for `tokenizer`."
     if name == "auto": name = "chat-template" if getattr(tokenizer, "chat_template", None) else "vicuna-v15"
     if name not in PROMPT_FORMATS:
-        close = difflib.get_close_matches(name, list_prompt_formats(), n=1)
-        raise KeyError(f"unknown prompt format {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; valid: {', '.join(list_prompt_formats())}")
+        raise KeyError(f"unknown prompt format {name!r}{did_you_mean(name, list_prompt_formats(), n=1)}; valid: {', '.join(list_prompt_formats())}")
     return PROMPT_FORMATS[name](tokenizer, **kwargs)
 
 # %% ../nbs/06_lm.ipynb #4456021f

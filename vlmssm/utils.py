@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_utils.ipynb #60d5adaa
 from __future__ import annotations
-import contextlib, difflib, hashlib, json, os, shutil, socket, tempfile
+import contextlib, difflib, hashlib, json, os, shutil, tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_vlm.ipynb #c4e78ce3
 from __future__ import annotations
-import hashlib, json, math, os, shutil, tempfile
+import json, math, os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from .connectors import Connector, create_connector
 from .lm import (IGNORE_INDEX, Encoded, LMLoadError, get_prompt_format, load_lm, prepare_tokenizer)
+from .utils import atomic_dir, file_sha256
 
 # %% auto #0
 __all__ = ['STAGES', 'PLAIN_HEAD_LMS', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
@@ -71,12 +72,6 @@ def pad_batch(examples: Sequence[Encoded],  # tokenized examples
 # %% ../nbs/07_vlm.ipynb #90e5d6ce
 STAGES = {"align": ("connector",), "finetune": ("connector", "lm"), "full-finetune": ("connector", "lm", "encoder")}
 PLAIN_HEAD_LMS = {"llama", "mistral", "qwen2", "qwen3"}  # model types whose logits are exactly lm_head(base_model(...))
-
-def _sha256_file(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(chunk), b""): h.update(b)
-    return h.hexdigest()
 
 def token_grid(encoder, h: int, w: int) -> tuple[int, int]:
     "The (rows, cols) token grid of `encoder` at input size h×w (`encoder.grid`, else a square `num_tokens`)."
@@ -234,17 +229,6 @@ def score_options(self: VLM, prompts: Sequence[str],  # user messages
     return p / p.sum(-1, keepdim=True)
 
 # %% ../nbs/07_vlm.ipynb #baf4165c
-def _atomic_dir(dest: Path):
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-
-def _replace_dir(tmp: Path, dest: Path):
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists(): shutil.rmtree(old)
-        os.replace(dest, old); os.replace(tmp, dest); shutil.rmtree(old)
-    else: os.replace(tmp, dest)
-
 def _dedup(sd: dict) -> dict:
     "Clone tensors that share storage (tied weights) so safetensors can write them."
     seen, out = set(), {}
@@ -258,11 +242,9 @@ def _dedup(sd: dict) -> dict:
 def save_pretrained(self: VLM, path,  # run directory (created or replaced)
                    ) -> Path:
     "Write config.json + model.safetensors (trained parts only) + tokenizer/ atomically."
-    path = Path(path); tmp = _atomic_dir(path)
+    path = Path(path)
     parts = self.trained_parts() or (["connector"] if self.connector is not None else [])
     sd = {f"{p}.{k}": v.cpu() for p in parts for k, v in getattr(self, p).state_dict().items()}
-    save_file(_dedup(sd), tmp / "model.safetensors", metadata={"format": "pt", "parts": ",".join(parts)})
-    self.tokenizer.save_pretrained(tmp / "tokenizer")
     conn = None if self.connector is None else {"id": self.connector.id, "in_dim": self.connector.in_dim,
         "out_dim": self.connector.out_dim, "merge": self.connector.merge, "grid": self.connector.grid,
         "layernorm": not isinstance(self.connector.norm, nn.Identity)}
@@ -272,8 +254,10 @@ def save_pretrained(self: VLM, path,  # run directory (created or replaced)
         if ref and ref != "hub" and Path(ref).exists(): spec[sec][f"{key}_relative"] = os.path.relpath(Path(ref).resolve(), path.resolve())
     cfg = {"format": "vlmssm-vlm", "version": 1, "parts": parts, "stage": self.stage, "prompt_format": self.prompt_format,
            "image_position": self.image_position, "connector": conn, "lm_config": self.lm.config.to_dict(), **spec}
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-    _replace_dir(tmp, path)
+    with atomic_dir(path) as tmp:
+        save_file(_dedup(sd), tmp / "model.safetensors", metadata={"format": "pt", "parts": ",".join(parts)})
+        self.tokenizer.save_pretrained(tmp / "tokenizer")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     return path
 
 def _local_ref(ref: dict, key: str, base: Path) -> str | None:
@@ -287,7 +271,7 @@ def _build_encoder(spec: dict, base: Path = Path(".")):
     e = spec.get("encoder")
     if not e: return None
     w = _local_ref(e, "weights", base)
-    if w not in (None, "hub") and e.get("sha256") and Path(w).exists() and _sha256_file(w) != e["sha256"]:
+    if w not in (None, "hub") and e.get("sha256") and Path(w).exists() and file_sha256(w) != e["sha256"]:
         raise ValueError(f"encoder weights {w} changed since training (SHA-256 mismatch)")
     from vlmssm.backbones import create_encoder
     with torch.random.fork_rng(devices=[]):  # parts without weights are initialised as at training time

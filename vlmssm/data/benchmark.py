@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from ..config import DataConfig
+from ..utils import atomic_dir, file_sha256
 from .scenes import SPLITS, categories, check_data_config, generate_scene, scene_seed
 from .tasks import FAMILIES, scene_to_tasks, to_conversations
 from .formats import (DataFormatError, read_cls_index, read_coco, read_json, read_llava, read_mask, read_refcoco,
@@ -85,9 +86,7 @@ def write_benchmark(cfg: DataConfig,  # `cfg.data` of a study
     root = Path(root)
     if root.exists() and any(root.iterdir()) and not overwrite: raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent/f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
-    try:
+    with atomic_dir(root) as tmp:
         recs = _records(cfg, tmp, progress)
         cats = [dict(c) for c in categories(cfg)]
         files = {}
@@ -112,11 +111,6 @@ def write_benchmark(cfg: DataConfig,  # `cfg.data` of a study
                     categories=cats, classes=[c["name"] for c in cats], shapes=list(cfg.shapes), colors=list(cfg.colors),
                     sizes=list(cfg.size_ranges), files=dict(splits=files, refcoco="refcoco.json", classification="classification.csv"))
         write_json(meta, tmp/"benchmark.json", indent=1)
-        if root.exists():
-            old = root.parent/f".{root.name}.old-{os.getpid()}"
-            os.replace(root, old); os.replace(tmp, root); shutil.rmtree(old)
-        else: os.replace(tmp, root)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
     return load_benchmark(root)
 
 # %% ../../nbs/01c_data.benchmark.ipynb #230d21b6
@@ -169,7 +163,7 @@ def tree_hash(root) -> str:
     "SHA-256 over every file's relative path and bytes, in sorted order (equal trees ⇔ equal hashes)."
     h, root = hashlib.sha256(), Path(root)
     for p in sorted(root.rglob("*")):
-        if p.is_file(): h.update(str(p.relative_to(root)).encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+        if p.is_file(): h.update(str(p.relative_to(root)).encode() + b"\0" + bytes.fromhex(file_sha256(p)))
     return h.hexdigest()
 
 # %% ../../nbs/01c_data.benchmark.ipynb #2f621f7b

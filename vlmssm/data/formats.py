@@ -4,12 +4,13 @@
 
 # %% ../../nbs/01b_data.formats.ipynb #6311094a
 from __future__ import annotations
-import csv, io, json, os, pickle, tempfile
+import csv, io, json, os, pickle
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from PIL import Image
+from ..utils import atomic_write
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'LIST_COLS', 'DataFormatError', 'PathEscapeError', 'resolve_in', 'read_json', 'write_json',
@@ -47,20 +48,10 @@ def read_json(path, what: str = "JSON file"):
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise DataFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
-def _atomic_write(path, data: bytes) -> Path:
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f: f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
 def write_json(obj, path, indent: int | None = None) -> Path:
     "Write JSON atomically (UTF-8, compact unless `indent`, key order as given)."
     sep = (",", ":") if indent is None else (",", ": ")
-    return _atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent, separators=sep).encode("utf-8"))
+    return atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent, separators=sep).encode("utf-8"))
 
 def _bad(path, where, msg): return DataFormatError(f"{path}: {where}: {msg}")
 
@@ -399,7 +390,7 @@ def write_cls_index(rows: list[dict], path) -> Path:
     cols = list(_CLS_COLS) + [k for k in rows[0] if k not in _CLS_COLS] if rows else list(_CLS_COLS)
     buf = io.StringIO(); w = csv.writer(buf, lineterminator="\n"); w.writerow(cols)
     for r in rows: w.writerow([" ".join(map(str, r[c])) if isinstance(r[c], (list, tuple)) else r[c] for c in cols])
-    return _atomic_write(path, buf.getvalue().encode("utf-8"))
+    return atomic_write(path, buf.getvalue().encode("utf-8"))
 
 LIST_COLS = ("objects", "shape_counts", "color_counts")  # multi-label columns of the embedded benchmark
 

@@ -4,12 +4,13 @@
 
 # %% ../../nbs/01_data.scenes.ipynb #e9f53f27
 from __future__ import annotations
-import colorsys, difflib, functools, math
+import colorsys, functools, math
 from dataclasses import dataclass
 from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 from ..config import ConfigError, DataConfig
+from ..utils import did_you_mean
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLORS', 'SPLITS', 'Shape', 'get_shape', 'list_shapes', 'get_color', 'list_colors', 'check_data_config',
@@ -65,9 +66,7 @@ COLORS = {"red": 0, "orange": 30, "yellow": 52, "green": 120, "cyan": 185, "blue
 
 def _lookup(table, kind, name):
     if name not in table:
-        close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise KeyError(f"unknown {kind} {name!r}{hint}; valid: {', '.join(table)}")
+        raise KeyError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {', '.join(table)}")
     return table[name]
 
 def get_shape(name: str) -> Shape:
