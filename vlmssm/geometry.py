@@ -100,30 +100,29 @@ class GeomOp:
     def __call__(self, img: Image.Image) -> Image.Image: raise NotImplementedError
     def __repr__(self): return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
-class Resize(GeomOp):
+class _Rescale(GeomOp):
+    "A resize whose output size `plan` decides (antialiased, with the op's interpolation)."
+    def __init__(self, size, interpolation: str = "bicubic"): self.size, self.interpolation = size, interpolation
+    def __call__(self, img):
+        _, (nw, nh) = self.plan(*img.size)
+        return TF.resize(img, [nh, nw], interpolation=interp_mode(self.interpolation), antialias=True)
+
+class Resize(_Rescale):
     "torchvision `Resize`: an int resizes the shortest edge (`int(S·long/short)`), a pair `(h, w)` is exact."
-    def __init__(self, size: int | tuple[int, int], interpolation: str = "bicubic"): self.size, self.interpolation = size, interpolation
     def plan(self, w, h):
         if isinstance(self.size, int):
             if w <= h: nw, nh = self.size, int(self.size * h / w)
             else:      nh, nw = self.size, int(self.size * w / h)
         else: nh, nw = self.size
         return Affine(nw / w, nh / h), (nw, nh)
-    def __call__(self, img):
-        _, (nw, nh) = self.plan(*img.size)
-        return TF.resize(img, [nh, nw], interpolation=interp_mode(self.interpolation), antialias=True)
 
-class ResizeKeepRatio(GeomOp):
+class ResizeKeepRatio(_Rescale):
     "timm `ResizeKeepRatio(longest=0)`: scale so the image covers `(h, w)`, sizes `round(x/ratio)`."
-    def __init__(self, size: tuple[int, int], interpolation: str = "bicubic"): self.size, self.interpolation = size, interpolation
     def plan(self, w, h):
         th, tw = self.size
         ratio = min(h / th, w / tw)
         nh, nw = round(h / ratio), round(w / ratio)
         return Affine(nw / w, nh / h), (nw, nh)
-    def __call__(self, img):
-        _, (nw, nh) = self.plan(*img.size)
-        return TF.resize(img, [nh, nw], interpolation=interp_mode(self.interpolation), antialias=True)
 
 class CenterCrop(GeomOp):
     "torchvision `CenterCrop((h, w))` (pads with zeros first if the image is smaller, as torchvision does)."

@@ -164,7 +164,8 @@ CURVE_FIELDS = ["encoder", "step", "loss", "lr", "grad_norm", "seconds", "val_to
 def encoders_csv_path() -> Path:
     "`data/encoders.csv` of the vlmssm checkout (`$VLMSSM_DATA_DIR` overrides the folder)."
     d = os.environ.get("VLMSSM_DATA_DIR")
-    return Path(d)/"encoders.csv" if d else Path(__file__).resolve().parents[1]/"data"/"encoders.csv"
+    import vlmssm
+    return Path(d)/"encoders.csv" if d else Path(vlmssm.__file__).resolve().parents[1]/"data"/"encoders.csv"
 
 def published_encoders() -> pd.DataFrame:
     "The published-facts table `data/encoders.csv` (one row per encoder id)."
