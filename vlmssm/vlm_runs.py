@@ -38,6 +38,7 @@ def tokenizer_corpus(records: list[dict], prompt_format: str = "vicuna-v15") -> 
     fmt = get_prompt_format("vicuna-v15", SimpleNamespace(eos_token="</s>"))
     return [w.rstrip() for r in records for w in fmt.turns(r["conversations"])]
 
+# %% ../nbs/13_vlm_runs.ipynb #a730e9c3
 def context_documents(records: list[dict]) -> list[dict]:
     "Text-only LM documents: per image, its description record's turns first, then every other turn of that image."
     from vlmssm.data.tasks import CAPTION_PROMPT
@@ -52,6 +53,7 @@ def context_documents(records: list[dict]) -> list[dict]:
         docs.append({"id": f"{first[0]['id']}-context", "image": img, "conversations": conv})
     return docs
 
+# %% ../nbs/13_vlm_runs.ipynb #f9f045cd
 def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `LlavaRecord`s): the LM's text
                       cfg: StudyConfig,  # uses `vlm.embedded`, `vlm.prompt_format`, `train` (optimizer settings)
                       out_dir,  # where `lm/` (the saved LM) and `lm_pretrain/` (its loss curve) go
@@ -111,6 +113,7 @@ def split_features(cache: FeatureCache, enc, tf, enc_id: str, bench, split: str,
     rel = [str(p.relative_to(bench.root)) for p in files]
     return cache.features(enc, files, tf, enc_id, ids=rel, weights_hash=weights_hash, progress=progress)
 
+# %% ../nbs/13_vlm_runs.ipynb #0fa7e04e
 def build_vlm(cfg: StudyConfig, lm_path: str, enc=None, enc_ref: dict | None = None) -> VLM:
     "The study's VLM: the shared LM + (for an encoder) a freshly initialised connector."
     lm, tok = load_lm(lm_path, trust_remote_code=cfg.vlm.trust_remote_code)
@@ -125,6 +128,7 @@ def build_vlm(cfg: StudyConfig, lm_path: str, enc=None, enc_ref: dict | None = N
     vlm.fmt.max_length = cfg.vlm.max_length
     return vlm
 
+# %% ../nbs/13_vlm_runs.ipynb #ce651f41
 def run_job(job: RunJob) -> dict:
     "Train one VLM (or the blind baseline) and validate it; returns the run summary."
     from vlmssm.data.benchmark import load_benchmark
@@ -171,6 +175,7 @@ def _lm_job(args):
 
 def _pool(n: int): return process_pool(n, initializer=disable_progress_bar)  # workers: no weight-loading bars in the stage log
 
+# %% ../nbs/13_vlm_runs.ipynb #55e969f7
 def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
     "Encoder id → weights: the config's `weights:` if set, else `<id>.safetensors` from the pretraining stage's outputs."
     out = {}
@@ -183,6 +188,7 @@ def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
         out[e.id] = str(hits[0].resolve())
     return out
 
+# %% ../nbs/13_vlm_runs.ipynb #13407a7b
 def plan_runs(cfg: StudyConfig, out_dir, bench_root, lm_path, cache_root, weights: dict[str, str] | None = None,
               device: str = "cpu", blind: bool = True) -> list[RunJob]:
     "One job per encoder × seed, plus the blind baseline per seed."
@@ -191,6 +197,7 @@ def plan_runs(cfg: StudyConfig, out_dir, bench_root, lm_path, cache_root, weight
     return [RunJob(f"{eid or 'blind'}-s{seed}", eid, w, seed, str(Path(out_dir) / "runs" / f"{eid or 'blind'}-s{seed}"), c,
                    str(bench_root), str(lm_path), str(cache_root), device) for eid, w in encs for seed in cfg.seeds]
 
+# %% ../nbs/13_vlm_runs.ipynb #a18242ff
 def train_study(cfg: StudyConfig,  # the study
                 bench_root,  # the written benchmark (stage 00_data)
                 out_dir,  # the stage's output folder (`lm/`, `runs/…`)
