@@ -7,10 +7,11 @@ backend always with the same setting in the same process. Times are minima over 
 backend are measured in interleaved rounds so that load from other processes hits both alike. Compare ratios, not
 absolute times, on a shared machine (the load average is printed with each table).
 """
-import math, os, platform, sys, tempfile, time
+import math, os, platform, sys, time
 import pandas as pd
 import torch
 from fastcore.script import call_parse
+from vlmssm.utils import write_csv
 from tqdm.auto import tqdm
 from vlmssm.ssm import selective_scan
 
@@ -100,7 +101,5 @@ def main(quick: bool = False,       # batch 1, N=1 only (4 shapes)
           "grad_max_rel_err: max over inputs of max|g - g64| / max|g64|.")
     df = pd.concat(dfs, ignore_index=True)
     if csv:
-        d = os.path.dirname(os.path.abspath(csv)); os.makedirs(d, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=d, suffix=".tmp", delete=False) as f: df.to_csv(f, index=False)
-        os.replace(f.name, csv); print("wrote", csv)
+        write_csv(df, csv); print("wrote", csv)
     return df

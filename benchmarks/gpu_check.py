@@ -7,10 +7,11 @@
 3. VMamba-S (vlmssm.backbones.vmamba, random weights) with the "torch" backend on CUDA: output vs CPU and images/s.
 Without CUDA it prints one line and exits 0.
 """
-import json, math, os, sys, tempfile, time, traceback
+import json, math, os, sys, time, traceback
 import torch
 from fastcore.script import call_parse
 from vlmssm.ssm import selective_scan, selective_scan_ref
+from vlmssm.utils import atomic_write
 
 NAMES = "u delta A B C D z delta_bias".split()
 
@@ -158,6 +159,4 @@ def main(out: str = "gpu_check.json",  # where to write the JSON report
         oks += [rep["vmamba"]["ok"]] if isinstance(rep.get("vmamba"), dict) and "ok" in rep["vmamba"] else []
         rep["all_ok"] = bool(oks) and all(oks) and not any("error" in v for v in rep.values() if isinstance(v, dict))
         print("gpu_check:", "ALL OK" if rep["all_ok"] else "SOME CHECKS FAILED OR ERRORED")
-    d = os.path.dirname(os.path.abspath(out)); os.makedirs(d, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=d, suffix=".tmp", delete=False) as f: json.dump(rep, f, indent=1, default=str)
-    os.replace(f.name, out); print("wrote", out)
+    atomic_write(out, json.dumps(rep, indent=1, default=str)); print("wrote", out)
