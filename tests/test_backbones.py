@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlmssm.backbones import (create_encoder, encoder_row, encoders_table, get_encoder_spec, list_encoders,
                               unavailable_encoders, UnknownEncoder, WeightsError, save_encoder)
-from vlmssm.backbones.core import MetaUnsupported, meta_forward, read_state_dict
+from vlmssm.backbones.core import MetaUnsupported, meta_forward, read_checkpoint
 from vlmssm.geometry import list_resize_strategies
 
 os.environ.setdefault("VLMSSM_CACHE", tempfile.mkdtemp(prefix="vlmssm-test-cache-"))  # encoder-table rows: not in ~/.cache
@@ -175,9 +175,11 @@ def test_foreign_checkpoints_go_through_family_filters(tmp_path):
 
 def test_unsafe_pickles_are_refused(tmp_path):
     with open(tmp_path / "evil.pkl", "wb") as f: pickle.dump({"model": {"w": np.zeros(2)}, "x": os.system}, f)
-    with pytest.raises(WeightsError, match="refusing to unpickle"): read_state_dict(tmp_path / "evil.pkl")
+    with pytest.raises(WeightsError, match="evil.pkl: refusing to unpickle posix.system"): read_checkpoint(tmp_path / "evil.pkl")
     torch.save({"model": {"w": torch.zeros(2)}, "f": os.system}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="cannot read weights"): read_state_dict(tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="evil.pth: refusing to unpickle posix.system"): read_checkpoint(tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="evil.pth: refusing to unpickle"):
+        create_encoder("vit-pico", pretrained=str(tmp_path / "evil.pth"))
 
 
 def test_offline_hub_is_one_clear_line(monkeypatch):

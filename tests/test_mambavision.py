@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmssm.backbones import mambavision as mv
+from vlmssm.backbones.core import WeightsError
+from _ckptfix import check_load_pretrained
 
 torch.set_num_threads(1)
 
@@ -249,6 +251,15 @@ def test_scan_backends_agree(pico):
 
 
 # ---------------------------------------------------------------- checkpoints
+def test_load_pretrained_every_layout_and_every_broken_file(pico, tmp_path):
+    x = torch.randn(1, 3, 64, 64)
+    def load(path):
+        m = timm.create_model("mambavision_pico").eval(); m.load_pretrained(path); return m
+    def same(m):
+        with torch.no_grad(): assert torch.equal(m(x), pico(x))
+    check_load_pretrained(load, same, tmp_path, pico.state_dict())
+
+
 def test_official_layout_round_trip(pico, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -281,21 +292,21 @@ def test_filter_is_pure_and_handles_encoder_prefix(pico):
 def test_mismatched_checkpoint_is_one_clear_line(pico, tmp_path):
     path = tmp_path / "pico.pth"
     torch.save({"state_dict": pico.state_dict()}, path)
-    with pytest.raises(mv.CheckpointError) as e:
+    with pytest.raises(WeightsError) as e:
         timm.create_model("mambavision_pico", dim=24, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     msg = str(e.value)
     assert "\n" not in msg and "shape mismatches" in msg and "pico.pth" in msg
     torch.save({"state_dict": {k: v for k, v in pico.state_dict().items() if "levels.3" not in k}}, path)
-    with pytest.raises(mv.CheckpointError, match=r"missing \(e\.g\. levels\.3"):
+    with pytest.raises(WeightsError, match=r"missing \(e\.g\. levels\.3"):
         timm.create_model("mambavision_pico", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    with pytest.raises(mv.CheckpointError, match="not found"):
+    with pytest.raises(WeightsError, match="not found"):
         timm.create_model("mambavision_pico", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "nope.pth")))
 
 
 def test_weights_only_refuses_unknown_pickles_unless_opted_in(pico, tmp_path):
     path = tmp_path / "odd.pth.tar"
     torch.save({"state_dict": pico.state_dict(), "metric": fractions.Fraction(81, 100)}, path)
-    with pytest.raises(mv.CheckpointError, match="fractions.Fraction.*allow_unsafe_pickle=True"):
+    with pytest.raises(WeightsError, match="fractions.Fraction.*allow_unsafe_pickle=True"):
         timm.create_model("mambavision_pico", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     m = timm.create_model("mambavision_pico")
     with pytest.warns(UserWarning, match="weights_only=False"):

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vlmssm.backbones import mambavision as mv
+from vlmssm.backbones.core import WeightsError
+from _ckptfix import check_load_pretrained
 from vlmssm.backbones import vim
 
 torch.set_num_threads(1)
@@ -180,6 +182,15 @@ def test_scan_backends_agree(pico):
 
 
 # ---------------------------------------------------------------- checkpoints
+def test_load_pretrained_every_layout_and_every_broken_file(pico, tmp_path):
+    x = torch.randn(1, 3, 64, 64)
+    def load(path):
+        m = timm.create_model("vim_pico").eval(); m.load_pretrained(path); return m
+    def same(m):
+        with torch.no_grad(): assert torch.equal(m(x), pico(x))
+    check_load_pretrained(load, same, tmp_path, pico.state_dict())
+
+
 def test_official_layout_uses_model_not_ema(pico, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     ema = {k: v + 1 for k, v in pico.state_dict().items()}
@@ -213,10 +224,10 @@ def test_pos_embed_resampled_around_the_middle_class_token(pico):
 def test_mismatched_checkpoint_and_offline_errors(pico, tmp_path, monkeypatch):
     path = tmp_path / "vim.pth"
     torch.save({"model": pico.state_dict()}, path)
-    with pytest.raises(mv.CheckpointError) as e:
+    with pytest.raises(WeightsError) as e:
         timm.create_model("vim_pico", depth=8, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert "\n" not in str(e.value) and "34 missing (e.g. layers.6." in str(e.value)
-    with pytest.raises(mv.CheckpointError, match="shape mismatches"):
+    with pytest.raises(WeightsError, match="shape mismatches"):
         timm.create_model("vim_pico", d_state=16, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

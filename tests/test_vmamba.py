@@ -7,8 +7,10 @@ import timm
 import vlmssm.ssm_cross as ssm_cross
 from vlmssm.ssm import selective_scan_ref
 from vlmssm.ssm_cross import SS2D, parse_forward_type
-from vlmssm.backbones.vmamba import (VSSM, VMambaCheckpointError, VMambaWeightsUnavailable, checkpoint_filter_fn,
-                                     feature_to_tokens, load_vmamba_checkpoint)
+from vlmssm.backbones.core import WeightsError
+from vlmssm.backbones.vmamba import (VSSM, VMambaWeightsUnavailable, checkpoint_filter_fn, feature_to_tokens,
+                                     load_vmamba_checkpoint)
+from _ckptfix import check_load_pretrained
 
 @pytest.fixture(autouse=True, scope="module")
 def _timm_registry_points_at_the_module():
@@ -282,13 +284,13 @@ def test_mmdet_checkpoint_with_trained_outnorm():
 
 def test_mismatched_checkpoint_is_one_clear_line():
     small = official_state(meta_model("vmamba_test", ssm_ratio=2.0))
-    with pytest.raises(VMambaCheckpointError) as e:
+    with pytest.raises(WeightsError) as e:
         load_vmamba_checkpoint(randomized(), {"model": small})
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("checkpoint does not fit VSSM(dims=[16, 32, 64, 128]")
     assert "50 shape mismatches (layers.0.blocks.0.op.x_proj_weight: checkpoint [4, 3, 32] vs model [4, 3, 16]" in msg
     part = {k: v for k, v in official_state(randomized()).items() if not k.startswith("layers.3")}
-    with pytest.raises(VMambaCheckpointError, match=r"missing \(layers\.3\.blocks\.0\.norm\.weight \[128\]"):
+    with pytest.raises(WeightsError, match=r"missing \(layers\.3\.blocks\.0\.norm\.weight \[128\]"):
         load_vmamba_checkpoint(randomized(), part)
     rep = load_vmamba_checkpoint(randomized(), {**part, "extra.weight": torch.zeros(1)}, strict=False)
     assert rep.missing[0] == "layers.3.blocks.0.norm.weight" and rep.unexpected == ["extra.weight"]
@@ -303,13 +305,20 @@ def test_files_safetensors_and_weights_only(tmp_path):
         load_vmamba_checkpoint(dst, tmp_path / f)
         assert_same_outputs(src, dst)
     torch.save({"model": official_state(src), "config": _TrainingConfig(epochs=300)}, tmp_path / "cfg.pth")
-    with pytest.raises(VMambaCheckpointError, match="weights_only=True refuses .*trusted=True") as e:
+    with pytest.raises(WeightsError, match="cfg.pth: refusing to unpickle .*_TrainingConfig.*allow_unsafe_pickle=True") as e:
         load_vmamba_checkpoint(randomized(seed=5), tmp_path / "cfg.pth")
     assert "\n" not in str(e.value)
     dst = randomized(seed=5)
-    load_vmamba_checkpoint(dst, tmp_path / "cfg.pth", trusted=True)
+    with pytest.warns(UserWarning, match="allow_unsafe_pickle=True"): dst.load_pretrained(tmp_path / "cfg.pth", allow_unsafe_pickle=True)
     assert_same_outputs(src, dst)
-    with pytest.raises(FileNotFoundError, match="VMamba checkpoint not found"): load_vmamba_checkpoint(dst, tmp_path / "no.pth")
+    with pytest.raises(WeightsError, match="weights file not found: .*no.pth"): load_vmamba_checkpoint(dst, tmp_path / "no.pth")
+    with pytest.raises(WeightsError, match=r"^checkpoint .*w.pth does not fit VSSM"): load_vmamba_checkpoint(randomized(num_classes=0, ssm_ratio=2.0), tmp_path / "w.pth")
+
+def test_load_pretrained_every_layout_and_every_broken_file(tmp_path):
+    src = randomized()
+    def load(path):
+        m = randomized(seed=5); m.load_pretrained(path); return m
+    check_load_pretrained(load, lambda m: assert_same_outputs(src, m), tmp_path, official_state(src))
 
 class _TrainingConfig:  # stands in for the yacs config some training checkpoints pickle next to the weights
     def __init__(self, **kw): self.__dict__.update(kw)

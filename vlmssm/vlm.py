@@ -317,6 +317,8 @@ def from_pretrained(cls: VLM, path,  # a directory written by `save_pretrained`
     return vlm.to(device).eval()
 
 # %% ../nbs/07_vlm.ipynb #f2ce25ab
+from .backbones.core import read_checkpoint
+
 PRISMATIC_LLMS = {"vicuna-v15-7b": "lmsys/vicuna-7b-v1.5", "vicuna-v15-13b": "lmsys/vicuna-13b-v1.5",
                   "llama2-7b-pure": "meta-llama/Llama-2-7b-hf", "llama2-13b-pure": "meta-llama/Llama-2-13b-hf",
                   "llama2-7b-chat": "meta-llama/Llama-2-7b-chat-hf", "llama2-13b-chat": "meta-llama/Llama-2-13b-chat-hf"}
@@ -342,7 +344,7 @@ def from_prismatic(cls: VLM, run_dir,  # a Prismatic / authors' release run dire
         if k not in mc: raise ValueError(f"VLM.from_prismatic: {run}/config.json has no model.{k}")
     ck = run / checkpoint
     if not ck.exists(): raise FileNotFoundError(f"VLM.from_prismatic: checkpoint {ck} not found")
-    state = torch.load(ck, map_location="cpu", weights_only=True)["model"]
+    state = read_checkpoint(ck).get("model", {})
     for k in ("projector", "llm_backbone"):
         if k not in state: raise ValueError(f"VLM.from_prismatic: {ck} has no model.{k} (keys: {', '.join(state)})")
     src = lm or PRISMATIC_LLMS.get(mc["llm_backbone_id"])

@@ -4,16 +4,17 @@
 
 # %% ../../nbs/04e_backbones.registry.ipynb #6868c238
 from __future__ import annotations
-import difflib, hashlib, importlib, json, os, sys
+import hashlib, importlib, json, os, sys
 from pathlib import Path
 import torch
-from .core import Encoder, WeightsError, MetaUnsupported, load_weights, save_encoder, read_state_dict, param_count
+from ..utils import atomic_write, did_you_mean
+from .core import Encoder, WeightsError, MetaUnsupported, load_weights, save_encoder, checkpoint_metadata, param_count
 from .zoo import EncoderSpec, ZOO_SPECS, UNAVAILABLE
 from ..geometry import strategy_input_size
 
 # %% auto #0
-__all__ = ['UnknownEncoder', 'list_encoders', 'unavailable_encoders', 'get_encoder_spec', 'resolve_cfg', 'checkpoint_metadata',
-           'create_encoder', 'encoder_row', 'encoders_table']
+__all__ = ['UnknownEncoder', 'list_encoders', 'unavailable_encoders', 'get_encoder_spec', 'resolve_cfg', 'create_encoder',
+           'encoder_row', 'encoders_table']
 
 # %% ../../nbs/04e_backbones.registry.ipynb #f6369333
 class UnknownEncoder(KeyError):
@@ -53,9 +54,8 @@ def get_encoder_spec(id: str) -> EncoderSpec:
     specs, bad = _registry()
     if id in specs: return specs[id]
     if id in bad: raise UnknownEncoder(f"encoder {id!r} cannot be built here: {bad[id]}")
-    close = difflib.get_close_matches(id, list(specs), n=4, cutoff=0.5)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise UnknownEncoder(f"unknown encoder {id!r}{hint} ({len(specs)} registered; `vlmssm encoders` lists them)")
+    raise UnknownEncoder(f"unknown encoder {id!r}{did_you_mean(id, specs, n=4, cutoff=0.5)}; "
+                         f"{len(specs)} registered, `vlmssm encoders` lists them")
 
 # %% ../../nbs/04e_backbones.registry.ipynb #2623bef6
 def _module_filter(model):
@@ -71,14 +71,6 @@ def resolve_cfg(model) -> dict:
     "timm's data config of a model (mean, std, interpolation, crop_pct)."
     from timm.data import resolve_model_data_config
     return resolve_model_data_config(model)
-
-def checkpoint_metadata(path) -> dict:
-    "The metadata of a vlmssm encoder checkpoint (`save_encoder`), or {} for any other file."
-    path = Path(path).expanduser()
-    if path.suffix != ".safetensors" or not path.is_file(): return {}
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f: md = dict(f.metadata() or {})
-    return md if md.get("format") == "vlmssm-encoder" else {}
 
 def create_encoder(id: str,                       # registry id (`list_encoders()`)
                    pretrained: str | None = None, # None/"" random, "hub" published weights, or a local checkpoint path
@@ -155,8 +147,7 @@ def encoder_row(id: str) -> dict:
                 try: disk = json.loads(path.read_text())            # re-read: another process may have written meanwhile
                 except (OSError, ValueError): disk = {}
                 disk[id] = {"fingerprint": fp, "row": _ROWS[id]}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp"); tmp.write_text(json.dumps(disk)); os.replace(tmp, path)
+                atomic_write(path, json.dumps(disk))
             except OSError: pass                                     # a read-only cache only costs time
     return dict(_ROWS[id])
 

@@ -4,18 +4,20 @@
 
 # %% ../../nbs/04_backbones.core.ipynb #ec6a6cca
 from __future__ import annotations
-import argparse, io, json, os, pickle, sys, zipfile
+import argparse, json, os, pickle, re, sys, warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 import numpy as np, torch
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from ..utils import atomic_file, is_offline
 from ..geometry import Preprocess, Geometry, build_preprocess, strategy_input_size, check_strategy
 
 # %% auto #0
 __all__ = ['Tap', 'BlockTap', 'StageTap', 'MethodTap', 'MultiPreprocess', 'Encoder', 'meta_forward', 'MetaUnsupported', 'probe',
            'param_count', 'transform', 'geometry', 'input_size', 'reset_classifier', 'classify', 'WeightsError',
-           'read_state_dict', 'classifier_prefixes', 'load_weights', 'save_encoder', 'hub_error']
+           'unwrap_state_dict', 'read_checkpoint', 'load_state_dict_checked', 'load_checkpoint_into',
+           'checkpoint_metadata', 'save_encoder', 'classifier_prefixes', 'load_weights', 'hub_error']
 
 # %% ../../nbs/04_backbones.core.ipynb #2ef8857f
 def _div(n: int, r: int, rounding: str) -> int: return -(-n // r) if rounding == "ceil" else n // r
@@ -236,41 +238,118 @@ def classify(self, pixels: torch.Tensor) -> torch.Tensor:
 Encoder.reset_classifier, Encoder.classify = reset_classifier, classify
 
 # %% ../../nbs/04_backbones.core.ipynb #4358e183
-class WeightsError(RuntimeError):
-    "Weights that cannot be found, fetched or loaded (one-line message)."
+class WeightsError(RuntimeError, ValueError):
+    "Weights that cannot be found, read, fetched or loaded (one-line message)."
 
+# %% ../../nbs/04_backbones.core.ipynb #5e2b7a90
+def unwrap_state_dict(ckpt: Mapping,                                         # what a checkpoint file holds, or a state dict
+                      keys: Sequence[str] = ("state_dict", "model", "module"),  # wrapper keys, tried in order (recursively)
+                      strip: Sequence[str] = ("module.",),                   # key prefixes removed (DDP / DataParallel)
+                     ) -> dict:
+    "The tensors of a checkpoint: wrappers unwrapped, prefixes stripped, numpy arrays as tensors (pure)."
+    inner = next((ckpt[k] for k in keys if isinstance(ckpt.get(k), Mapping) and ckpt[k]), None)
+    if inner is not None: return unwrap_state_dict(inner, keys, strip)
+    sd = {}
+    for k, v in ckpt.items():
+        for pre in strip:
+            if k.startswith(pre): k = k[len(pre):]
+        if isinstance(v, np.ndarray): v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor): sd[k] = v
+    return sd
+
+# %% ../../nbs/04_backbones.core.ipynb #7b4e90d5
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ok = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"),
            ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
     def find_class(self, module, name):
-        if (module, name) not in self._ok: raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        if (module, name) not in self._ok: raise pickle.UnpicklingError(f"GLOBAL {module}.{name} refused")
         return super().find_class(module, name)
 
-def _unwrap(sd: dict) -> dict:
-    for k in ("model", "state_dict", "module"):
-        if isinstance(sd.get(k), dict) and sd[k]: return _unwrap(sd[k])
-    return sd
+def _first_line(e: BaseException, n: int = 160) -> str:
+    return ((str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0])[:n]
 
-def read_state_dict(path) -> tuple[dict, dict]:
-    "Tensors and metadata from a `.safetensors`, torch (`weights_only=True`) or detectron2 `.pkl` file."
-    path = Path(path)
-    if not path.is_file(): raise WeightsError(f"weights file not found: {path}")
-    meta = {}
+def _read(p: Path, allow_unsafe_pickle: bool):
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(p), device="cpu")
+    if p.suffix == ".pkl":
+        with open(p, "rb") as f:
+            return (pickle.Unpickler if allow_unsafe_pickle else _NumpyOnlyUnpickler)(f, encoding="latin1").load()
+    if allow_unsafe_pickle: return torch.load(p, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+def read_checkpoint(path,                            # .safetensors, torch file (.pth/.pt/.bin/.pth.tar) or detectron2 .pkl
+                    allow_unsafe_pickle: bool = False,  # trusted files only: a full unpickle (can run code), with a warning
+                   ) -> dict:
+    "What a checkpoint file holds (a dict), read without running code; any failure is one `WeightsError` line."
+    p = Path(path).expanduser()
+    if not p.is_file(): raise WeightsError(f"weights file not found: {p}")
+    if p.stat().st_size == 0: raise WeightsError(f"{p}: empty file (0 bytes; an interrupted download or copy?)")
+    if allow_unsafe_pickle and p.suffix != ".safetensors":
+        warnings.warn(f"loading {p} with a full unpickle (weights_only=False, can run code): allowed by allow_unsafe_pickle=True")
+    try: obj = _read(p, allow_unsafe_pickle)
+    except pickle.UnpicklingError as e:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
+        if not names:                                       # not a pickle of tensors at all
+            why = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+            raise WeightsError(f"{p}: not a readable checkpoint ({why.group(1).strip() if why else _first_line(e)})") from None
+        raise WeightsError(f"{p}: refusing to unpickle {', '.join(names)} (loading it could run code); re-save the tensors "
+                           "with torch.save(state_dict) or safetensors, or, if you trust this file, pass allow_unsafe_pickle=True") from None
+    except Exception as e:                                  # truncated, corrupt, not a checkpoint (safetensors, zip, EOF)
+        raise WeightsError(f"{p}: not a readable checkpoint, truncated or corrupt? ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(obj, Mapping): raise WeightsError(f"{p}: not a checkpoint (holds a {type(obj).__name__}, expected a dict of tensors)")
+    return dict(obj)
+
+# %% ../../nbs/04_backbones.core.ipynb #2d8c4a17
+def load_state_dict_checked(model: nn.Module,
+                            sd: dict,                    # a flat state dict, already in `model`'s layout
+                            source: str = "state dict",  # what to call it in the error (e.g. the file)
+                            allow_missing: Sequence[str] = (),  # model keys that may stay missing
+                           ):
+    "`model.load_state_dict` after checking keys and shapes; a mismatch is one `WeightsError` line."
+    own = model.state_dict()
+    skip = lambda k: k in allow_missing or k.endswith("num_batches_tracked")
+    missing = [k for k in own if k not in sd and not skip(k)]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        eg = lambda xs: f" (e.g. {', '.join(xs[:3])})" if xs else ""
+        raise WeightsError(f"{source} does not match {type(model).__name__}: {len(missing)} missing{eg(missing)}, "
+                           f"{len(unexpected)} unexpected{eg(unexpected)}, {len(shapes)} shape mismatches{eg(shapes)}")
+    model.load_state_dict(sd, strict=False)
+
+def load_checkpoint_into(model: nn.Module,
+                         path,                              # a checkpoint file (`read_checkpoint`)
+                         filter_fn: Callable | None = None,  # the family's pure `checkpoint_filter_fn(state_dict, model)`
+                         allow_unsafe_pickle: bool = False, # trusted files only (see `read_checkpoint`)
+                        ) -> nn.Module:
+    "Read `path`, map it with `filter_fn`, load strictly (a head the filter dropped may stay missing)."
+    sd = unwrap_state_dict(read_checkpoint(path, allow_unsafe_pickle))
+    out = filter_fn(sd, model) if filter_fn is not None else sd
+    had_head = any(k.split(".")[-2:] == ["head", "weight"] for k in sd)
+    allow = [k for k in model.state_dict() if k.startswith("head.")] if had_head and "head.weight" not in out else []
+    load_state_dict_checked(model, out, source=str(path), allow_missing=allow)
+    return model
+
+# %% ../../nbs/04_backbones.core.ipynb #8b2f5e04
+def checkpoint_metadata(path) -> dict:
+    "The metadata of a vlmssm encoder checkpoint (`save_encoder`), or {} for any other file (reads only the header)."
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file(): return {}
+    from safetensors import safe_open
     try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f: meta, sd = dict(f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
-        elif path.suffix == ".pkl":
-            with open(path, "rb") as f: sd = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):  # training scripts store their args; harmless
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError) as e:
-        raise WeightsError(f"cannot read weights {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(sd, dict): raise WeightsError(f"weights {path}: expected a dict of tensors, got {type(sd).__name__}")
-    sd = _unwrap(sd)
-    sd = {k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v) for k, v in sd.items()}
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, meta
+        with safe_open(str(path), "pt") as f: md = dict(f.metadata() or {})
+    except Exception as e: raise WeightsError(f"{path}: not a readable checkpoint, truncated or corrupt? ({_first_line(e)})") from None
+    return md if md.get("format") == "vlmssm-encoder" else {}
+
+def save_encoder(enc: Encoder, path, **metadata) -> Path:
+    "Save the encoder (model + any pretraining head) as safetensors with JSON-able metadata, atomically."
+    from safetensors.torch import save_file
+    sd = {k: v.detach().contiguous().cpu() for k, v in enc.state_dict().items()}
+    md = {"format": "vlmssm-encoder", "id": enc.id, "family": enc.family, **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}}
+    with atomic_file(path) as tmp: save_file(sd, str(tmp), metadata=md)
+    return Path(path)
 
 def classifier_prefixes(enc: Encoder) -> tuple[str, ...]:
     "State-dict prefixes of the classifier(s), which may differ between a checkpoint and the encoder."
@@ -284,8 +363,8 @@ def classifier_prefixes(enc: Encoder) -> tuple[str, ...]:
 
 def load_weights(enc: Encoder, path, filter_fn: Callable | None = None) -> Encoder:
     "Load a checkpoint into `enc`; only classifier weights may be missing, unexpected or differently shaped."
-    sd, meta = read_state_dict(path)
-    if meta.get("format") != "vlmssm-encoder":
+    sd = unwrap_state_dict(read_checkpoint(path))
+    if not checkpoint_metadata(path):                       # an official / foreign layout: the family's filter, then `model.`
         if filter_fn is not None: sd = filter_fn(sd, enc.model)
         sd = {f"model.{k}": v for k, v in sd.items()}
     own, clf = enc.state_dict(), classifier_prefixes(enc)
@@ -299,21 +378,10 @@ def load_weights(enc: Encoder, path, filter_fn: Callable | None = None) -> Encod
                            f"{len(bad_shape)} mis-shaped tensors (e.g. {', '.join(ex)})")
     return enc
 
-def save_encoder(enc: Encoder, path, **metadata) -> Path:
-    "Save the encoder (model + any pretraining head) as safetensors with JSON-able metadata, atomically."
-    from safetensors.torch import save_file
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in enc.state_dict().items()}
-    md = {"format": "vlmssm-encoder", "id": enc.id, "family": enc.family, **{k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=md)
-    os.replace(tmp, path)
-    return path
-
 # %% ../../nbs/04_backbones.core.ipynb #d79e0e61
 def hub_error(enc_id: str, source: str, exc: BaseException) -> WeightsError:
     "One-line error for weights that could not be fetched (offline, gated, missing)."
     why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    off = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") else ""
+    off = " (offline mode is set: HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)" if is_offline() else ""
     return WeightsError(f"encoder {enc_id!r}: cannot fetch the published weights from {source}{off}: {why}; "
                         f"download them where there is network and pass pretrained=<local file>")

@@ -21,65 +21,16 @@ from ..ssm import get_scan_backend, selective_scan
 from .vmamba import _take_indices  # timm's feature-index rule, one copy for the SSM families
 
 # %% auto #0
-__all__ = ['default_cfgs', 'CheckpointError', 'PretrainedUnavailableError', 'load_checkpoint_file', 'unwrap_state_dict',
-           'load_state_dict_checked', 'build_with_weights_hint', 'window_partition', 'window_reverse', 'PatchEmbed',
-           'ConvBlock', 'Downsample', 'MambaVisionMixer', 'Attention', 'Block', 'attention_blocks', 'MambaVisionLayer',
-           'MambaVision', 'checkpoint_filter_fn', 'load_checkpoint_into', 'mamba_vision_T', 'mamba_vision_T2',
+__all__ = ['default_cfgs', 'PretrainedUnavailableError', 'build_with_weights_hint', 'window_partition', 'window_reverse',
+           'PatchEmbed', 'ConvBlock', 'Downsample', 'MambaVisionMixer', 'Attention', 'Block', 'attention_blocks',
+           'MambaVisionLayer', 'MambaVision', 'checkpoint_filter_fn', 'mamba_vision_T', 'mamba_vision_T2',
            'mamba_vision_S', 'mamba_vision_B', 'mamba_vision_L', 'mamba_vision_L2', 'mambavision_pico']
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #4c2685a6
-class CheckpointError(ValueError):
-    "A checkpoint file or state dict that cannot be used (one-line message)."
+from .core import WeightsError, load_checkpoint_into, unwrap_state_dict
 
-class PretrainedUnavailableError(RuntimeError):
+class PretrainedUnavailableError(WeightsError):
     "Pretrained weights could not be fetched (offline or missing); says how to pass a local file."
-
-def load_checkpoint_file(path,                       # .pth/.pth.tar/.bin (torch pickle) or .safetensors
-                         allow_unsafe_pickle=False,  # trusted files only: fall back to weights_only=False, with a warning
-                        ) -> dict:
-    "Read a checkpoint with `weights_only=True` (argparse.Namespace allowed) or safetensors."
-    p = Path(path).expanduser()
-    if not p.is_file(): raise CheckpointError(f"checkpoint file not found: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(p), device="cpu")
-        with torch.serialization.safe_globals([argparse.Namespace]):                # torch >= 2.5
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:                                  # truncated / not a checkpoint
-        raise CheckpointError(f"{p}: not a readable checkpoint ({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
-    except pickle.UnpicklingError as e:
-        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(e))))
-        if not names:                                                               # not a pickled dict at all
-            why = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
-            raise CheckpointError(f"{p}: not a readable checkpoint ({why.group(1).strip() if why else 'unpickling failed'})") from None
-        if not allow_unsafe_pickle:
-            raise CheckpointError(f"{p}: torch.load(weights_only=True) refused pickled global(s) {', '.join(names)}; re-save the "
-                                  "tensors with torch.save(state_dict), or if you trust this file call "
-                                  "model.load_pretrained(path, allow_unsafe_pickle=True)") from None
-        warnings.warn(f"loading {p} with weights_only=False (can execute code): allowed by allow_unsafe_pickle=True")
-        obj = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(obj, dict): raise CheckpointError(f"{p}: expected a dict of tensors, got {type(obj).__name__}")
-    return obj
-
-def unwrap_state_dict(ckpt: dict, keys=("state_dict", "model"), strip=("module.",)) -> dict:
-    "The tensors of a training checkpoint: first of `keys` present, prefixes in `strip` removed."
-    sd = next((ckpt[k] for k in keys if isinstance(ckpt.get(k), dict)), ckpt)
-    for pre in strip: sd = {(k[len(pre):] if k.startswith(pre) else k): v for k, v in sd.items()}
-    return sd
-
-def load_state_dict_checked(model: nn.Module, sd: dict, source="state dict", allow_missing=()):
-    "`model.load_state_dict` after checking keys and shapes; a mismatch is one `CheckpointError` line."
-    own = model.state_dict()
-    skip = lambda k: k in allow_missing or k.endswith("num_batches_tracked")
-    missing = [k for k in own if k not in sd and not skip(k)]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        eg = lambda xs: f" (e.g. {', '.join(xs[:3])})" if xs else ""
-        raise CheckpointError(f"{source} does not match {type(model).__name__}: {len(missing)} missing{eg(missing)}, "
-                              f"{len(unexpected)} unexpected{eg(unexpected)}, {len(shapes)} shape mismatches{eg(shapes)}")
-    model.load_state_dict(sd, strict=False)
 
 def _download_errors():
     errs = [OSError]
@@ -95,7 +46,7 @@ def build_with_weights_hint(model_cls, variant, pretrained, **kwargs):
     if any(ov.get(k) for k in ("file", "url", "hf_hub_id")):   # timm resets custom_load for overlaid sources: keep ours
         kwargs["pretrained_cfg_overlay"] = {"custom_load": "hf", **ov}
     try: return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    except CheckpointError: raise
+    except WeightsError: raise
     except _download_errors() as e:
         if not pretrained: raise
         cfg = kwargs.get("pretrained_cfg")                                       # None, a tag ('in1k'), a dict or a PretrainedCfg
@@ -423,24 +374,16 @@ def prune_intermediate_layers(self: MambaVision, indices=1, prune_norm: bool = F
 # %% ../../nbs/04b_backbones.mambavision.ipynb #70e9ddc9
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     "Official MambaVision checkpoint → this model's state dict (pure)."
-    sd = unwrap_state_dict(state_dict, ("state_dict", "model"), ("module.",))
+    sd = unwrap_state_dict(state_dict)                     # {"state_dict"/"model": …}, `module.` stripped
     if any(k.startswith("encoder.") for k in sd): sd = {k[8:]: v for k, v in sd.items() if k.startswith("encoder.")}
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or ("head.weight" in sd and sd["head.weight"].shape != head.weight.shape):
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     return sd
 
-def load_checkpoint_into(model: nn.Module, path, filter_fn, allow_unsafe_pickle: bool = False):
-    "Read `path`, apply `filter_fn(ckpt, model)`, load strictly (a deliberately resized head may stay missing)."
-    raw = load_checkpoint_file(path, allow_unsafe_pickle)
-    sd = filter_fn(raw, model)
-    had_head = any(k.split(".")[-2:] == ["head", "weight"] for k in unwrap_state_dict(raw))
-    allow = [k for k in model.state_dict() if k.startswith("head.")] if had_head and "head.weight" not in sd else []
-    load_state_dict_checked(model, sd, source=str(path), allow_missing=allow)
-
 @patch
 def load_pretrained(self: MambaVision, path, allow_unsafe_pickle: bool = False):
-    "Load an official (or own) MambaVision checkpoint file (timm calls this for `pretrained=True`)."
+    "Load an official (or own) MambaVision checkpoint file (timm calls this for `pretrained=True`); one `WeightsError` line if it cannot."
     load_checkpoint_into(self, path, checkpoint_filter_fn, allow_unsafe_pickle)
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #365ee2e7

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 
 from ..ssm import get_scan_backend, selective_scan
-from .mambavision import _take_indices, build_with_weights_hint, load_checkpoint_into, unwrap_state_dict
+from .mambavision import _take_indices, build_with_weights_hint
 
 # %% auto #0
 __all__ = ['default_cfgs', 'BiMamba', 'Block', 'PatchEmbed', 'VisionMamba', 'checkpoint_filter_fn', 'vim_tiny',
@@ -266,9 +266,11 @@ def prune_intermediate_layers(self: VisionMamba, indices=1, prune_norm: bool = F
     return take
 
 # %% ../../nbs/04c_backbones.vim.ipynb #adae3c94
+from .core import load_checkpoint_into, unwrap_state_dict
+
 def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     "Official Vim checkpoint → this model's state dict (pure)."
-    sd = dict(unwrap_state_dict(state_dict, ("model", "state_dict"), ("module.",)))
+    sd = unwrap_state_dict(state_dict, ("model", "state_dict"))   # `model`, not `model_ema`; `module.` stripped
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or ("head.weight" in sd and sd["head.weight"].shape != head.weight.shape):
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}

@@ -21,9 +21,9 @@ from ..ssm_cross import ACTS, SS2D, Linear2d, ln2d, pick
 
 # %% auto #0
 __all__ = ['default_cfgs', 'Mlp', 'PatchMerging2D', 'make_stem', 'make_downsample', 'VSSBlock', 'VSSM', 'feature_to_tokens',
-           'VMambaCheckpointError', 'CheckpointReport', 'convert_state_dict', 'checkpoint_filter_fn', 'read_checkpoint',
-           'load_vmamba_checkpoint', 'VMambaWeightsUnavailable', 'vmamba_tiny_s1l8', 'vmamba_tiny_s2l5',
-           'vmamba_small_s2l15', 'vmamba_base_s2l15', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_vanilla',
+           'CheckpointReport', 'convert_state_dict', 'checkpoint_filter_fn', 'load_vmamba_checkpoint',
+           'VMambaWeightsUnavailable', 'vmamba_tiny_s1l8', 'vmamba_tiny_s2l5', 'vmamba_small_s2l15',
+           'vmamba_base_s2l15', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_vanilla',
            'vmamba_small_vanilla', 'vmamba_base_vanilla', 'vmamba_pico', 'vmamba_test', 'vmamba_test_vanilla']
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #6152e5ee
@@ -295,8 +295,7 @@ def prune_intermediate_layers(self: VSSM, indices=1, prune_norm: bool = False, p
     return take
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #4ba39642
-class VMambaCheckpointError(ValueError):
-    "A checkpoint that cannot be read or does not fit the model (one-line message)."
+from .core import WeightsError, read_checkpoint, unwrap_state_dict
 
 class CheckpointReport(NamedTuple):
     "What `load_vmamba_checkpoint` did."
@@ -312,10 +311,7 @@ _SINGLE_FILE = {".op.x_proj.weight": ".op.x_proj_weight", ".op.dt_projs.weight":
 
 def convert_state_dict(state_dict: Mapping, model: VSSM) -> tuple[dict, dict]:
     "`checkpoint_filter_fn` that also returns {key: source} for the keys it filled in."
-    sd = state_dict
-    for key in ("model", "state_dict"):
-        if isinstance(sd.get(key), Mapping): sd = sd[key]; break
-    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = unwrap_state_dict(state_dict)                     # {"model"/"state_dict": …}, `module.` stripped
     dense = any(k.startswith("backbone.") for k in sd)
     if dense: sd = {k[9:]: v for k, v in sd.items() if k.startswith("backbone.")}
     rules = _LEGACY_RULES + (_V1_DOWNSAMPLE_RULES if model.downsample_version == "v1" else [])
@@ -350,20 +346,6 @@ def checkpoint_filter_fn(state_dict: Mapping, model: VSSM) -> dict:
     return convert_state_dict(state_dict, model)[0]
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #3af40bca
-def read_checkpoint(path, trusted: bool = False) -> dict:
-    "Read a `.safetensors` or torch checkpoint (`weights_only=True` unless `trusted`)."
-    p = Path(path)
-    if not p.is_file(): raise FileNotFoundError(f"VMamba checkpoint not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    try: return torch.load(p, map_location="cpu", weights_only=not trusted)
-    except pickle.UnpicklingError:
-        unsafe = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", lambda _: [])(str(p))
-        raise VMambaCheckpointError(
-            f"{p} holds pickled objects that weights_only=True refuses ({', '.join(unsafe[:4]) or 'non-tensor objects'}); "
-            f"if you trust the file, load it with load_vmamba_checkpoint(model, {str(p)!r}, trusted=True)") from None
-
 def _fmt(keys, sd=None, n=3):
     "First `n` keys (with shapes) for an error message."
     s = ", ".join(f"{k} {list(sd[k].shape)}" if sd is not None and torch.is_tensor(sd.get(k)) else k for k in keys[:n])
@@ -373,11 +355,12 @@ def load_vmamba_checkpoint(model: VSSM,
                            src,                       # path (.pth/.pt/.bin/.safetensors) or an in-memory state dict
                            strict: bool = True,       # every model key must come from the checkpoint (or be filled)
                            adapt_head: bool = False,  # keep the model's head when the checkpoint's does not fit (timm)
-                           trusted: bool = False,     # allow arbitrary pickles (only for files you trust)
+                           allow_unsafe_pickle: bool = False,  # a full unpickle (can run code): only for files you trust
                           ) -> CheckpointReport:
     "Load any official VMamba checkpoint into `model`; a mismatch raises one line naming the offending keys."
-    sd = read_checkpoint(src, trusted) if isinstance(src, (str, os.PathLike)) else src
-    if not isinstance(sd, Mapping): raise VMambaCheckpointError(f"expected a state dict, got {type(sd).__name__}")
+    is_file = isinstance(src, (str, os.PathLike))
+    sd = read_checkpoint(src, allow_unsafe_pickle) if is_file else src
+    if not isinstance(sd, Mapping): raise WeightsError(f"expected a state dict, got {type(sd).__name__}")
     sd, filled = convert_state_dict(sd, model)
     target = model.state_dict()
     if adapt_head:
@@ -393,14 +376,15 @@ def load_vmamba_checkpoint(model: VSSM,
                  f"{len(unexpected)} unexpected ({_fmt(unexpected, sd)})" if unexpected else "",
                  f"{len(bad)} shape mismatches (" + ", ".join(f"{k}: checkpoint {list(getattr(sd[k], 'shape', []))} vs model "
                                                               f"{list(target[k].shape)}" for k in bad[:3]) + ")" if bad else ""]
-        raise VMambaCheckpointError(f"checkpoint does not fit {model.describe()}: " + "; ".join(p for p in parts if p))
+        what = f"checkpoint {src}" if is_file else "checkpoint"
+        raise WeightsError(f"{what} does not fit {model.describe()}: " + "; ".join(p for p in parts if p))
     model.load_state_dict(sd, strict=False)
     return CheckpointReport(missing, unexpected, filled)
 
 @patch
-def load_pretrained(self: VSSM, path, strict: bool = True):
+def load_pretrained(self: VSSM, path, strict: bool = True, allow_unsafe_pickle: bool = False):
     "timm's `custom_load` hook: load an official checkpoint file (head adapted to `num_classes`)."
-    return load_vmamba_checkpoint(self, path, strict=strict, adapt_head=True)
+    return load_vmamba_checkpoint(self, path, strict=strict, adapt_head=True, allow_unsafe_pickle=allow_unsafe_pickle)
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #51a2934f
 _RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/"
