@@ -7,7 +7,8 @@ from __future__ import annotations
 import inspect, sys
 from pathlib import Path
 from fastcore.script import anno_parser, store_true
-from .config import ConfigError, load_config, list_presets, to_dict, PRESETS_DIR, _close
+from .config import ConfigError, load_config, list_presets, to_dict, PRESETS_DIR
+from .utils import did_you_mean
 from .pipeline import StageFailed, discover_stages, run_study
 
 # %% auto #0
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"vlmssm: unknown command {name!r}{_close(name, COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"vlmssm: unknown command {name!r}{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     func = COMMANDS[name]
     args = vars(anno_parser(func, prog=f"vlmssm {name}").parse_args(rest))
