@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .utils import atomic_dir, content_hash
 
@@ -27,6 +28,7 @@ def fingerprint_module(module: nn.Module) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d buffers too (BatchNorm counters)
     return h.hexdigest()
 
+# %% ../nbs/08_cache.ipynb #0485c6d6
 def _image_bytes(img) -> bytes:
     from PIL import Image
     if isinstance(img, (str, Path)): return Path(img).read_bytes()
@@ -34,6 +36,7 @@ def _image_bytes(img) -> bytes:
     if isinstance(img, np.ndarray): return f"{img.dtype}|{img.shape}|".encode() + np.ascontiguousarray(img).tobytes()
     raise TypeError(f"cache: an image must be a path, a PIL image or an array, got {type(img).__name__}")
 
+# %% ../nbs/08_cache.ipynb #20bcc5c5
 def fingerprint_images(images: Sequence,  # paths (file bytes are hashed), PIL images or arrays
                        ids: Sequence[str] | None = None,  # ids in the same order (part of the hash)
                       ) -> str:
@@ -44,6 +47,7 @@ def fingerprint_images(images: Sequence,  # paths (file bytes are hashed), PIL i
         h.update(len(b).to_bytes(8, "little")); h.update(b)
     return h.hexdigest()
 
+# %% ../nbs/08_cache.ipynb #09f08e6f
 def cache_key(encoder_id: str, weights: str, transform: str, images: str) -> str:
     "The entry key: SHA-256 over the encoder id, weights hash, transform repr and image-content hash."
     return content_hash([encoder_id, weights, transform, images], n=32)
@@ -71,6 +75,7 @@ class CachedFeatures:
         r = self.rows(ids)
         return torch.from_numpy(np.ascontiguousarray(self.features[r]))
 
+# %% ../nbs/08_cache.ipynb #9353c1f1
 class FeatureCache:
     "A directory of content-hashed, memory-mapped encoder outputs."
     def __init__(self, root):  # cache directory (shared by all runs of a study)
@@ -84,49 +89,54 @@ class FeatureCache:
         meta = json.loads((p / "meta.json").read_text())
         return CachedFeatures(np.load(p / "features.npy", mmap_mode="r"), meta["ids"], key, hit, 0.0 if hit else meta["seconds"])
 
-    def features(self, encoder: nn.Module,  # the frozen encoder (`forward(pixels) -> (B, N, D)`)
-                 images: Sequence,  # paths, PIL images or arrays (loaded lazily, in batches)
-                 transform: Callable,  # image → (3, H, W) tensor (the encoder's transform for the run's resize)
-                 encoder_id: str,  # registry id (part of the key)
-                 ids: Sequence[str] | None = None,  # image ids (default: the paths, or "0".."N-1")
-                 weights_hash: str | None = None,  # default: `fingerprint_module(encoder)`
-                 batch_size: int = 64,  # images per encoder forward
-                 device: str | torch.device = "cpu",
-                 progress: bool = True,  # tqdm bar while computing
-                ) -> CachedFeatures:
-        "The encoder's tokens for `images`: loaded if cached, else computed once and stored."
-        ids = [str(i) for i in (ids if ids is not None else [str(x) if isinstance(x, (str, Path)) else i for i, x in enumerate(images)])]
-        if len(ids) != len(images): raise ValueError(f"FeatureCache: {len(ids)} ids for {len(images)} images")
-        if len(set(ids)) != len(ids): raise ValueError("FeatureCache: image ids must be unique")
-        key = cache_key(encoder_id, weights_hash or fingerprint_module(encoder), repr(transform), fingerprint_images(images, ids))
-        if (self.path(key) / "meta.json").exists(): return self.load(key)
-        t0 = time.perf_counter()
-        with atomic_dir(self.path(key), replace=False) as tmp:  # a concurrent process that finished first wins
-            out, was_training = None, encoder.training
-            encoder.eval().to(device)
-            with torch.no_grad():
-                for s in tqdm(range(0, len(images), batch_size), desc=f"encode {encoder_id}", disable=not progress, leave=False):
-                    px = torch.stack([transform(_load(img)) for img in images[s:s + batch_size]]).to(device)
-                    f = encoder(px).float().cpu().numpy()
-                    if out is None: out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
-                                                                    shape=(len(images),) + f.shape[1:])
-                    out[s:s + len(f)] = f
-            encoder.train(was_training)
-            out.flush(); del out
-            secs = time.perf_counter() - t0
-            (tmp / "meta.json").write_text(json.dumps({"ids": ids, "encoder_id": encoder_id, "transform": repr(transform),
-                                                       "seconds": secs, "created": time.time()}))
-        res = self.load(key, hit=False); res.seconds = secs
-        return res
-
-    def entries(self) -> list[dict]:
-        "Metadata of every complete entry."
-        return [dict(key=p.name, **{k: v for k, v in json.loads((p / "meta.json").read_text()).items() if k != "ids"})
-                for p in sorted(self.root.iterdir()) if (p / "meta.json").exists()]
-
+# %% ../nbs/08_cache.ipynb #1a8d8343
 def _load(img):
     from PIL import Image
     if isinstance(img, (str, Path)):
         with Image.open(img) as im: return im.convert("RGB")
     if isinstance(img, np.ndarray): return Image.fromarray(img)
     return img
+
+# %% ../nbs/08_cache.ipynb #3ffca968
+@patch
+def features(self: FeatureCache, encoder: nn.Module,  # the frozen encoder (`forward(pixels) -> (B, N, D)`)
+             images: Sequence,  # paths, PIL images or arrays (loaded lazily, in batches)
+             transform: Callable,  # image → (3, H, W) tensor (the encoder's transform for the run's resize)
+             encoder_id: str,  # registry id (part of the key)
+             ids: Sequence[str] | None = None,  # image ids (default: the paths, or "0".."N-1")
+             weights_hash: str | None = None,  # default: `fingerprint_module(encoder)`
+             batch_size: int = 64,  # images per encoder forward
+             device: str | torch.device = "cpu",
+             progress: bool = True,  # tqdm bar while computing
+            ) -> CachedFeatures:
+    "The encoder's tokens for `images`: loaded if cached, else computed once and stored."
+    ids = [str(i) for i in (ids if ids is not None else [str(x) if isinstance(x, (str, Path)) else i for i, x in enumerate(images)])]
+    if len(ids) != len(images): raise ValueError(f"FeatureCache: {len(ids)} ids for {len(images)} images")
+    if len(set(ids)) != len(ids): raise ValueError("FeatureCache: image ids must be unique")
+    key = cache_key(encoder_id, weights_hash or fingerprint_module(encoder), repr(transform), fingerprint_images(images, ids))
+    if (self.path(key) / "meta.json").exists(): return self.load(key)
+    t0 = time.perf_counter()
+    with atomic_dir(self.path(key), replace=False) as tmp:  # a concurrent process that finished first wins
+        out, was_training = None, encoder.training
+        encoder.eval().to(device)
+        with torch.no_grad():
+            for s in tqdm(range(0, len(images), batch_size), desc=f"encode {encoder_id}", disable=not progress, leave=False):
+                px = torch.stack([transform(_load(img)) for img in images[s:s + batch_size]]).to(device)
+                f = encoder(px).float().cpu().numpy()
+                if out is None: out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float32,
+                                                                shape=(len(images),) + f.shape[1:])
+                out[s:s + len(f)] = f
+        encoder.train(was_training)
+        out.flush(); del out
+        secs = time.perf_counter() - t0
+        (tmp / "meta.json").write_text(json.dumps({"ids": ids, "encoder_id": encoder_id, "transform": repr(transform),
+                                                   "seconds": secs, "created": time.time()}))
+    res = self.load(key, hit=False); res.seconds = secs
+    return res
+
+# %% ../nbs/08_cache.ipynb #99860b49
+@patch
+def entries(self: FeatureCache) -> list[dict]:
+    "Metadata of every complete entry."
+    return [dict(key=p.name, **{k: v for k, v in json.loads((p / "meta.json").read_text()).items() if k != "ids"})
+            for p in sorted(self.root.iterdir()) if (p / "meta.json").exists()]

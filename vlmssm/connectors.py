@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .utils import did_you_mean
 
 # %% auto #0
@@ -49,6 +50,7 @@ CONNECTORS: dict[str, ConnectorSpec] = {
                                     "Linear(Dv, 4Dv) → GELU → Linear(4Dv, Dl) → GELU → Linear(Dl, Dl)  (Prismatic fused-gelu-mlp)"),
 }
 
+# %% ../nbs/05_connectors.ipynb #4dad8755
 class UnknownConnectorError(KeyError):
     "An id that is not in `CONNECTORS`."
     def __str__(self): return str(self.args[0])
@@ -80,12 +82,6 @@ class Connector(nn.Module):
         self.norm = nn.LayerNorm(in_dim) if layernorm else nn.Identity()
         self.projector = get_connector(id).build(in_dim * merge * merge, out_dim)
 
-    def num_tokens(self, n: int) -> int:
-        "How many LM tokens `n` encoder tokens become."
-        if self.merge == 1: return n
-        h, w = self.grid
-        return math.ceil(h / self.merge) * math.ceil(w / self.merge)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"Connector {self.id!r}: expected tokens of width {self.in_dim}, got shape {tuple(x.shape)}")
@@ -95,6 +91,15 @@ class Connector(nn.Module):
 
     def extra_repr(self) -> str: return f"id={self.id!r}, merge={self.merge}, grid={self.grid}"
 
+# %% ../nbs/05_connectors.ipynb #36f2c235
+@patch
+def num_tokens(self: Connector, n: int) -> int:
+    "How many LM tokens `n` encoder tokens become."
+    if self.merge == 1: return n
+    h, w = self.grid
+    return math.ceil(h / self.merge) * math.ceil(w / self.merge)
+
+# %% ../nbs/05_connectors.ipynb #a0cb4dec
 def create_connector(id: str,  # registry id
                      in_dim: int,  # encoder token width Dv
                      out_dim: int,  # LM hidden size Dl

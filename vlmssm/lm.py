@@ -4,19 +4,19 @@
 
 # %% ../nbs/06_lm.ipynb #0fb47d6a
 from __future__ import annotations
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 import torch
+from fastcore.basics import patch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .config import EmbeddedLMConfig
 from .utils import did_you_mean, is_offline
 
 # %% auto #0
-__all__ = ['IMAGE_TOKEN', 'IGNORE_INDEX', 'VICUNA_SYSTEM', 'PROMPT_FORMATS', 'SPECIAL_TOKENS', 'LMLoadError', 'load_lm',
-           'prepare_tokenizer', 'PromptFormatError', 'Encoded', 'PromptFormat', 'VicunaV15', 'ChatTemplate',
-           'list_prompt_formats', 'get_prompt_format', 'build_tokenizer', 'tiny_llama']
+__all__ = ['SPECIAL_TOKENS', 'IMAGE_TOKEN', 'IGNORE_INDEX', 'VICUNA_SYSTEM', 'PROMPT_FORMATS', 'LMLoadError', 'load_lm',
+           'build_tokenizer', 'tiny_llama', 'prepare_tokenizer', 'PromptFormatError', 'Encoded', 'PromptFormat',
+           'VicunaV15', 'ChatTemplate', 'list_prompt_formats', 'get_prompt_format']
 
 # %% ../nbs/06_lm.ipynb #de2ae532
 class LMLoadError(OSError):
@@ -43,6 +43,46 @@ def load_lm(name_or_path: str,  # hub id (e.g. "lmsys/vicuna-7b-v1.5") or a loca
               else f"not a local directory and the hub did not provide it ({type(e).__name__})"
         raise LMLoadError(f"cannot load LM {name_or_path!r}: {why}; pass a local directory with the weights") from None
     return model, tok
+
+# %% ../nbs/06_lm.ipynb #4456021f
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<PAD>"]
+
+def build_tokenizer(texts: Iterable[str],  # the training text (questions, answers, expressions, system prompt)
+                    vocab_size: int = 1024,  # BPE vocabulary size including the 256 byte symbols and specials
+                    min_frequency: int = 2,  # merges need at least this many occurrences
+                    model_max_length: int = 512,  # the tokenizer's max length
+                   ) -> PreTrainedTokenizerFast:
+    "Train a byte-level BPE tokenizer with Llama-style special tokens on `texts`."
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                                       special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<PAD>", model_max_length=model_max_length, padding_side="right")
+
+# %% ../nbs/06_lm.ipynb #f3b862d0
+def tiny_llama(tokenizer,  # the tokenizer the LM is built for (vocab size, special ids)
+               cfg: EmbeddedLMConfig | None = None,  # sizes (`hidden_size`, `num_layers`, `num_heads`, `intermediate_size`, `max_positions`); default: the study's
+               seed: int | None = None,  # init seed (global RNG untouched); None = `cfg.seed`
+               pad_to_multiple_of: int = 64,  # embedding rows rounded up (as Prismatic's resize)
+              ) -> LlamaForCausalLM:
+    "A randomly initialised Llama-architecture causal LM sized by `cfg` for `tokenizer`."
+    cfg = cfg or EmbeddedLMConfig()
+    seed = cfg.seed if seed is None else seed
+    vocab = -(-len(tokenizer) // pad_to_multiple_of) * pad_to_multiple_of
+    lc = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                     num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, attention_dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(lc)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 # %% ../nbs/06_lm.ipynb #981ab1bc
 IMAGE_TOKEN = "<image>"
@@ -89,6 +129,7 @@ def _check_roles(conv):
         if t.get("from") != want:
             raise PromptFormatError(f"conversation turn {i}: expected from={want!r}, got {t.get('from')!r} (turns must alternate human/gpt)")
 
+# %% ../nbs/06_lm.ipynb #146cd69c
 class PromptFormat:
     "Base class: conversation → `Encoded` (training) and question → `Encoded` (generation)."
     name = "base"
@@ -112,6 +153,7 @@ class PromptFormat:
         msg = msg.replace(IMAGE_TOKEN, "").strip()
         return f"{IMAGE_TOKEN}\n{msg}" if self.image_at_token else msg
 
+# %% ../nbs/06_lm.ipynb #be31f106
 class VicunaV15(PromptFormat):
     "Prismatic / LLaVA-1.5 Vicuna-v1.5 chat format."
     name = "vicuna-v15"
@@ -129,27 +171,33 @@ class VicunaV15(PromptFormat):
         _check_roles(conv)
         return [self._wrap(i, t["value"] if i % 2 == 0 else t["value"].strip()) for i, t in enumerate(conv)]
 
-    def encode(self, conv: Sequence[dict], has_image: bool = True, supervise: str = "assistant") -> Encoded:
-        "Training ids and labels (−100 on BOS and human turns; `supervise='all'` keeps every token but BOS)."
-        ids, labels = [], []
-        for i, text in enumerate(self.turns(conv)):
-            t = self.tok(text.rstrip(), add_special_tokens=i == 0).input_ids
-            ids += t
-            labels += t if (i % 2 or supervise == "all") else [IGNORE_INDEX] * len(t)
-        if ids and ids[0] == self.tok.bos_token_id: labels[0] = IGNORE_INDEX
-        ids, labels = ids[:self.max_length], labels[:self.max_length]
-        return Encoded(*self._image_pos(ids, labels, has_image))
+# %% ../nbs/06_lm.ipynb #458769ee
+@patch
+def encode(self: VicunaV15, conv: Sequence[dict], has_image: bool = True, supervise: str = "assistant") -> Encoded:
+    "Training ids and labels (−100 on BOS and human turns; `supervise='all'` keeps every token but BOS)."
+    ids, labels = [], []
+    for i, text in enumerate(self.turns(conv)):
+        t = self.tok(text.rstrip(), add_special_tokens=i == 0).input_ids
+        ids += t
+        labels += t if (i % 2 or supervise == "all") else [IGNORE_INDEX] * len(t)
+    if ids and ids[0] == self.tok.bos_token_id: labels[0] = IGNORE_INDEX
+    ids, labels = ids[:self.max_length], labels[:self.max_length]
+    return Encoded(*self._image_pos(ids, labels, has_image))
 
-    def prompt_text(self, message: str, history: Sequence[dict] = ()) -> str:
-        "Prismatic's `get_prompt()`: the conversation so far + `message`, BOS removed, right-stripped."
-        text = "".join(self.turns(list(history) + [{"from": "human", "value": message}]))
-        return text.removeprefix(self.tok.bos_token or "").rstrip()
+# %% ../nbs/06_lm.ipynb #dfe25b3e
+@patch
+def prompt_text(self: VicunaV15, message: str, history: Sequence[dict] = ()) -> str:
+    "Prismatic's `get_prompt()`: the conversation so far + `message`, BOS removed, right-stripped."
+    text = "".join(self.turns(list(history) + [{"from": "human", "value": message}]))
+    return text.removeprefix(self.tok.bos_token or "").rstrip()
 
-    def prompt(self, message: str, history: Sequence[dict] = (), has_image: bool = True) -> Encoded:
-        "Generation prompt ids (with BOS) for `message` after `history`."
-        ids = self.tok(self.prompt_text(message, history), add_special_tokens=True).input_ids
-        return Encoded(*self._image_pos(ids, None, has_image))
+@patch
+def prompt(self: VicunaV15, message: str, history: Sequence[dict] = (), has_image: bool = True) -> Encoded:
+    "Generation prompt ids (with BOS) for `message` after `history`."
+    ids = self.tok(self.prompt_text(message, history), add_special_tokens=True).input_ids
+    return Encoded(*self._image_pos(ids, None, has_image))
 
+# %% ../nbs/06_lm.ipynb #c1345784
 class ChatTemplate(PromptFormat):
     "The tokenizer's own chat template (`tokenizer.apply_chat_template`)."
     name = "chat-template"
@@ -171,28 +219,33 @@ class ChatTemplate(PromptFormat):
     def _ids(self, msgs, gen: bool) -> list[int]:
         return self.tok(self._text(msgs, gen), add_special_tokens=False).input_ids
 
-    def encode(self, conv: Sequence[dict], has_image: bool = True, supervise: str = "assistant") -> Encoded:
-        "Training ids and labels: tokens overlapping an assistant message's rendered span are supervised."
-        _check_roles(conv)
-        msgs, off = self._messages(conv), 1 if self.system else 0
-        text = self._text(msgs, False)
-        spans = []
-        for i in range(1, len(conv), 2):
-            pre, upto = self._text(msgs[:off + i], True), self._text(msgs[:off + i + 1], False)
-            if not (text.startswith(upto) and upto.startswith(pre)):
-                raise PromptFormatError("chat-template: the template does not render conversation prefixes as prefixes; use vicuna-v15")
-            spans.append((len(pre), len(upto)))
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        keep = [supervise == "all" or any(a < e and s < b for a, b in spans) for s, e in enc["offset_mapping"]]
-        labels = [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
-        if ids and ids[0] == self.tok.bos_token_id: labels[0] = IGNORE_INDEX
-        return Encoded(*self._image_pos(ids[:self.max_length], labels[:self.max_length], has_image))
+# %% ../nbs/06_lm.ipynb #1ff562ed
+@patch
+def encode(self: ChatTemplate, conv: Sequence[dict], has_image: bool = True, supervise: str = "assistant") -> Encoded:
+    "Training ids and labels: tokens overlapping an assistant message's rendered span are supervised."
+    _check_roles(conv)
+    msgs, off = self._messages(conv), 1 if self.system else 0
+    text = self._text(msgs, False)
+    spans = []
+    for i in range(1, len(conv), 2):
+        pre, upto = self._text(msgs[:off + i], True), self._text(msgs[:off + i + 1], False)
+        if not (text.startswith(upto) and upto.startswith(pre)):
+            raise PromptFormatError("chat-template: the template does not render conversation prefixes as prefixes; use vicuna-v15")
+        spans.append((len(pre), len(upto)))
+    enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    keep = [supervise == "all" or any(a < e and s < b for a, b in spans) for s, e in enc["offset_mapping"]]
+    labels = [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
+    if ids and ids[0] == self.tok.bos_token_id: labels[0] = IGNORE_INDEX
+    return Encoded(*self._image_pos(ids[:self.max_length], labels[:self.max_length], has_image))
 
-    def prompt(self, message: str, history: Sequence[dict] = (), has_image: bool = True) -> Encoded:
-        ids = self._ids(self._messages(list(history) + [{"from": "human", "value": message}]), True)
-        return Encoded(*self._image_pos(ids, None, has_image))
+# %% ../nbs/06_lm.ipynb #631cf81f
+@patch
+def prompt(self: ChatTemplate, message: str, history: Sequence[dict] = (), has_image: bool = True) -> Encoded:
+    ids = self._ids(self._messages(list(history) + [{"from": "human", "value": message}]), True)
+    return Encoded(*self._image_pos(ids, None, has_image))
 
+# %% ../nbs/06_lm.ipynb #6e6ea38b
 PROMPT_FORMATS = {"vicuna-v15": VicunaV15, "chat-template": ChatTemplate}
 
 def list_prompt_formats() -> list[str]: return list(PROMPT_FORMATS) + ["auto"]
@@ -204,42 +257,3 @@ def get_prompt_format(name: str,  # "vicuna-v15" | "chat-template" | "auto" (the
     if name not in PROMPT_FORMATS:
         raise KeyError(f"unknown prompt format {name!r}{did_you_mean(name, list_prompt_formats(), n=1)}; valid: {', '.join(list_prompt_formats())}")
     return PROMPT_FORMATS[name](tokenizer, **kwargs)
-
-# %% ../nbs/06_lm.ipynb #4456021f
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<PAD>"]
-
-def build_tokenizer(texts: Iterable[str],  # the training text (questions, answers, expressions, system prompt)
-                    vocab_size: int = 1024,  # BPE vocabulary size including the 256 byte symbols and specials
-                    min_frequency: int = 2,  # merges need at least this many occurrences
-                    model_max_length: int = 512,  # the tokenizer's max length
-                   ) -> PreTrainedTokenizerFast:
-    "Train a byte-level BPE tokenizer with Llama-style special tokens on `texts`."
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                                       special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<PAD>", model_max_length=model_max_length, padding_side="right")
-
-def tiny_llama(tokenizer,  # the tokenizer the LM is built for (vocab size, special ids)
-               cfg: EmbeddedLMConfig | None = None,  # sizes (`hidden_size`, `num_layers`, `num_heads`, `intermediate_size`, `max_positions`); default: the study's
-               seed: int | None = None,  # init seed (global RNG untouched); None = `cfg.seed`
-               pad_to_multiple_of: int = 64,  # embedding rows rounded up (as Prismatic's resize)
-              ) -> LlamaForCausalLM:
-    "A randomly initialised Llama-architecture causal LM sized by `cfg` for `tokenizer`."
-    cfg = cfg or EmbeddedLMConfig()
-    seed = cfg.seed if seed is None else seed
-    vocab = -(-len(tokenizer) // pad_to_multiple_of) * pad_to_multiple_of
-    lc = LlamaConfig(vocab_size=vocab, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                     num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_positions,
-                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, attention_dropout=0.0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(lc)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model

@@ -44,6 +44,8 @@ CONTRACTIONS = {
     "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
     "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
     "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've"}
+
+# %% ../nbs/10_metrics.ipynb #859a0d4b
 DIGITS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
           "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = ("a", "an", "the")
@@ -57,11 +59,13 @@ def process_punctuation(text: str) -> str:
         out = out.replace(p, "") if (p + " " in text or " " + p in text or has_comma_num) else out.replace(p, " ")
     return _PERIOD.sub("", out, re.UNICODE)  # sic: `re.UNICODE` lands in `count` (32), as in the official code
 
+# %% ../nbs/10_metrics.ipynb #b933a630
 def process_digits_articles_contractions(text: str) -> str:
     "Official VQA word step: lowercase, number words → digits, drop articles, canonical contractions."
     words = [DIGITS.get(w, w) for w in text.lower().split() if w not in ARTICLES]
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
+# %% ../nbs/10_metrics.ipynb #e871e05c
 def normalize_vqa_answer(text: str) -> str:
     "Normalise a predicted answer exactly as the official VQAv2 evaluation does."
     text = text.replace("\n", " ").replace("\t", " ").strip()
@@ -75,6 +79,7 @@ def _answers(human_answers) -> list[str]:
     if not all(isinstance(a, str) for a in ans): raise TypeError(f"vqa_accuracy: human answers must be strings, got {ans!r}")
     return ans * 10 if len(ans) == 1 else ans
 
+# %% ../nbs/10_metrics.ipynb #709b29a2
 def vqa_accuracy(prediction: str,  # the model's generated answer (raw text)
                  human_answers: str | Sequence[str],  # the 10 human answers (VQAv2), or one reference answer
                 ) -> float:  # in [0, 1]
@@ -100,11 +105,13 @@ def exact_match(prediction: str,  # generated answer
     f = _NORMS[normalize]
     return float(f(prediction) == f(answer))
 
+# %% ../nbs/10_metrics.ipynb #df80515b
 def parse_yes_no(text: str) -> str | None:
     "'yes' / 'no' from the first word of a generated answer, else None."
     words = normalize_gqa_answer(text).split()
     return words[0] if words and words[0] in ("yes", "no") else None
 
+# %% ../nbs/10_metrics.ipynb #ea68b153
 def _as_choice(p, choices=("yes", "no")) -> str | None:
     if p is None: return None
     if isinstance(p, str): return parse_yes_no(p)
@@ -121,6 +128,7 @@ def yes_no_accuracy(predictions: Sequence,  # 'yes'/'no' strings (see `parse_yes
     if not len(labels): return float("nan")
     return float(np.mean([_as_choice(p, ("yes", "no")) == l.strip().lower() for p, l in zip(predictions, labels)]))
 
+# %% ../nbs/10_metrics.ipynb #69a6bb00
 def choice_accuracy(predictions: Sequence,  # per item: a chosen letter/option string, or scores over the options
                     answers: Sequence[int | str],  # per item: the correct option index or letter
                     letters: str = string.ascii_uppercase,  # option labels, in order (VE: A..Z)
@@ -141,6 +149,7 @@ def _valid_box(v) -> list[float] | None:
     x1, y1, x2, y2 = (float(c) for c in v)
     return [x1, y1, x2, y2] if all(0 <= c <= 1 for c in v) and x1 < x2 and y1 < y2 else None
 
+# %% ../nbs/10_metrics.ipynb #f20265d7
 _BRACKETED = re.compile(r"[\[\(]\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,"
                         r"\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*[\]\)]")
 
@@ -167,6 +176,7 @@ def box_iou_from_text(text: str, box: Sequence[float], strict: bool = True) -> f
     pred = parse_box(text, strict=strict)
     return 0.0 if pred is None else iou(pred, box)
 
+# %% ../nbs/10_metrics.ipynb #d7f666c4
 def grounding_hit(text: str,  # generated text
                   box: Sequence[float],  # ground-truth [x1, y1, x2, y2], normalised to the original image
                   iou: float = 0.5,  # IoU threshold τ (RefCOCO*: 0.5, OCID-Ref: 0.25)
@@ -175,6 +185,7 @@ def grounding_hit(text: str,  # generated text
     "Whether the generated box matches the ground truth at IoU ≥ τ (unparseable → False)."
     return box_iou_from_text(text, box, strict=strict) >= iou
 
+# %% ../nbs/10_metrics.ipynb #fe8a6942
 def acc_at(ious: Iterable[float],  # one IoU per referring expression (0 for unparseable outputs)
            tau: float = 0.5,  # threshold
           ) -> float:  # fraction with IoU ≥ τ
@@ -213,6 +224,7 @@ def bootstrap_ci(values: Sequence[float],  # per-item scores of one run
                   rng=np.random.default_rng(seed), vectorized=False)
     return float(statistic(v)), float(r.confidence_interval.low), float(r.confidence_interval.high)
 
+# %% ../nbs/10_metrics.ipynb #eee69482
 def _two_level(scores: np.ndarray, rng, n_resamples: int, items=None) -> np.ndarray:
     "Means of `n_resamples` seed×item resamples of a (seeds, items) matrix."
     s, i = scores.shape
@@ -221,6 +233,7 @@ def _two_level(scores: np.ndarray, rng, n_resamples: int, items=None) -> np.ndar
     item_means = np.stack([scores[:, it].mean(1) for it in items])  # (R, seeds): each seed's mean on the resampled items
     return np.take_along_axis(item_means, seeds, axis=1).mean(1)
 
+# %% ../nbs/10_metrics.ipynb #d82e27e8
 def seed_item_bootstrap(scores,  # (seeds, items) per-item scores, one row per training seed (a 1-D array = one seed)
                         level: float = 0.95, n_resamples: int = 2000, seed: int = 0,
                        ) -> tuple[float, float, float]:  # (mean, low, high)
@@ -231,6 +244,7 @@ def seed_item_bootstrap(scores,  # (seeds, items) per-item scores, one row per t
     q = (1 - level) / 2
     return float(a.mean()), float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
 
+# %% ../nbs/10_metrics.ipynb #3d3548e3
 def paired_difference(a,  # (seeds_a, items) scores of model A
                       b,  # (seeds_b, items) scores of model B on the same items, same order
                       level: float = 0.95, n_resamples: int = 2000, seed: int = 0,

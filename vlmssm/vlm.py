@@ -5,20 +5,19 @@
 # %% ../nbs/07_vlm.ipynb #c4e78ce3
 from __future__ import annotations
 import json, math, os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
-import numpy as np
+from typing import Sequence
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from .connectors import Connector, create_connector
-from .lm import (IGNORE_INDEX, Encoded, LMLoadError, get_prompt_format, load_lm, prepare_tokenizer)
+from .connectors import Connector
+from .lm import (IGNORE_INDEX, Encoded, get_prompt_format, load_lm, prepare_tokenizer)
 from .utils import atomic_dir, file_sha256
 
 # %% auto #0
-__all__ = ['STAGES', 'PLAIN_HEAD_LMS', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
+__all__ = ['PLAIN_HEAD_LMS', 'STAGES', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
            'prismatic_connector_id', 'chat']
 
 # %% ../nbs/07_vlm.ipynb #bbd46229
@@ -70,9 +69,6 @@ def pad_batch(examples: Sequence[Encoded],  # tokenized examples
     return out
 
 # %% ../nbs/07_vlm.ipynb #90e5d6ce
-STAGES = {"align": ("connector",), "finetune": ("connector", "lm"), "full-finetune": ("connector", "lm", "encoder")}
-PLAIN_HEAD_LMS = {"llama", "mistral", "qwen2", "qwen3"}  # model types whose logits are exactly lm_head(base_model(...))
-
 def token_grid(encoder, h: int, w: int) -> tuple[int, int]:
     "The (rows, cols) token grid of `encoder` at input size h×w (`encoder.grid`, else a square `num_tokens`)."
     for name in ("grid", "token_grid"):
@@ -81,6 +77,7 @@ def token_grid(encoder, h: int, w: int) -> tuple[int, int]:
     if s * s != n or h != w: raise ValueError(f"token_grid: cannot infer the token grid of {type(encoder).__name__} at {h}x{w} ({n} tokens); give the encoder a grid(h, w) method")
     return (s, s)
 
+# %% ../nbs/07_vlm.ipynb #146bfd62
 class VLM(nn.Module):
     "A vision-language model: optional encoder → connector → causal LM, with Prismatic's token layout."
     def __init__(self, lm: nn.Module,  # a transformers causal LM (pad token and embeddings prepared)
@@ -110,40 +107,47 @@ class VLM(nn.Module):
     @property
     def device(self) -> torch.device: return next(self.lm.parameters()).device
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        "Encoder tokens (B, N, Dv) for a batch of preprocessed images (no graph unless the encoder trains)."
-        if self.encoder is None: raise ValueError("VLM.encode_images: this VLM has no encoder (pass image_features instead)")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())):
-            return self.encoder(pixel_values)
+# %% ../nbs/07_vlm.ipynb #380a6b50
+@patch
+def encode_images(self: VLM, pixel_values: torch.Tensor) -> torch.Tensor:
+    "Encoder tokens (B, N, Dv) for a batch of preprocessed images (no graph unless the encoder trains)."
+    if self.encoder is None: raise ValueError("VLM.encode_images: this VLM has no encoder (pass image_features instead)")
+    with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())):
+        return self.encoder(pixel_values)
 
-    def embed(self, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None):
-        "LM input embeddings with the image tokens inserted: (inputs_embeds, attention_mask, labels)."
-        tok = self.lm.get_input_embeddings()(input_ids)
-        if self.blind or (pixel_values is None and image_features is None) or image_pos is None or bool((image_pos < 0).all()):
-            return tok, attention_mask, labels
-        feats = image_features if image_features is not None else self.encode_images(pixel_values)
-        img = self.connector(feats.to(self.device, next(self.connector.parameters()).dtype))
-        return merge_image_tokens(tok, attention_mask, img, image_pos.to(tok.device), labels)
+@patch
+def embed(self: VLM, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None):
+    "LM input embeddings with the image tokens inserted: (inputs_embeds, attention_mask, labels)."
+    tok = self.lm.get_input_embeddings()(input_ids)
+    if self.blind or (pixel_values is None and image_features is None) or image_pos is None or bool((image_pos < 0).all()):
+        return tok, attention_mask, labels
+    feats = image_features if image_features is not None else self.encode_images(pixel_values)
+    img = self.connector(feats.to(self.device, next(self.connector.parameters()).dtype))
+    return merge_image_tokens(tok, attention_mask, img, image_pos.to(tok.device), labels)
 
-    def forward(self, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None,
-                loss_reduction: str = "mean", target_logits_only: bool = False, **kwargs):
-        embeds, mask, labels = self.embed(input_ids, attention_mask, image_pos, labels, pixel_values, image_features)
-        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
-            h = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
-            keep = labels[:, 1:] != IGNORE_INDEX
-            out = CausalLMOutputWithPast(logits=self.lm.get_output_embeddings()(h[:, :-1][keep]))
-            logits, targets = out.logits, labels[:, 1:][keep]
-        else:
-            out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
-            if labels is None: return out
-            logits, targets = out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1)
-        out.loss = nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction=loss_reduction)
-        out.n_targets = int((targets != IGNORE_INDEX).sum())
-        return out
+# %% ../nbs/07_vlm.ipynb #f052eaf9
+PLAIN_HEAD_LMS = {"llama", "mistral", "qwen2", "qwen3"}  # model types whose logits are exactly lm_head(base_model(...))
+
+@patch
+def forward(self: VLM, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None,
+            loss_reduction: str = "mean", target_logits_only: bool = False, **kwargs):
+    embeds, mask, labels = self.embed(input_ids, attention_mask, image_pos, labels, pixel_values, image_features)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
+        h = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
+        keep = labels[:, 1:] != IGNORE_INDEX
+        out = CausalLMOutputWithPast(logits=self.lm.get_output_embeddings()(h[:, :-1][keep]))
+        logits, targets = out.logits, labels[:, 1:][keep]
+    else:
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs)
+        if labels is None: return out
+        logits, targets = out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), labels[:, 1:].reshape(-1)
+    out.loss = nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction=loss_reduction)
+    out.n_targets = int((targets != IGNORE_INDEX).sum())
+    return out
 
 # %% ../nbs/07_vlm.ipynb #207d9c94
-from fastcore.basics import patch
+STAGES = {"align": ("connector",), "finetune": ("connector", "lm"), "full-finetune": ("connector", "lm", "encoder")}
 
 @patch
 def freeze(self: VLM, stage: str,  # "align" | "finetune" | "full-finetune"
@@ -167,6 +171,7 @@ def freeze(self: VLM, stage: str,  # "align" | "finetune" | "full-finetune"
         for r in rows: print(f"  {r['module']:<10} {r['params']:>12,}  {'trainable' if r['trainable'] else 'frozen'}")
     return rows
 
+# %% ../nbs/07_vlm.ipynb #0e57ac90
 @patch
 def trained_parts(self: VLM) -> list[str]:
     "The modules with trainable parameters (what `save_pretrained` writes)."
@@ -189,6 +194,7 @@ def _inputs(self: VLM, prompts, pixel_values=None, image_features=None, history=
     if pixel_values is not None: pixel_values = pixel_values.to(self.device)
     return self.embed(b["input_ids"], b["attention_mask"], b["image_pos"], None, pixel_values, image_features)
 
+# %% ../nbs/07_vlm.ipynb #af0c6fad
 @patch
 @torch.no_grad()
 def generate(self: VLM, prompts: Sequence[str],  # user messages (one per image)
@@ -205,6 +211,7 @@ def generate(self: VLM, prompts: Sequence[str],  # user messages (one per image)
                            temperature=None, top_p=None, top_k=None)
     return [s.strip() for s in tok.batch_decode(out, skip_special_tokens=True)]
 
+# %% ../nbs/07_vlm.ipynb #499a3e48
 @patch
 def option_token_ids(self: VLM, options: Sequence[str]) -> list[int]:
     "The first token id of each option as the model would generate it right after the prompt."
@@ -214,6 +221,7 @@ def option_token_ids(self: VLM, options: Sequence[str]) -> list[int]:
     if len(set(ids)) != len(ids): raise ValueError(f"score_options: options {list(options)!r} share a first token; they cannot be scored by first-token probability")
     return ids
 
+# %% ../nbs/07_vlm.ipynb #e901c824
 @patch
 @torch.no_grad()
 def score_options(self: VLM, prompts: Sequence[str],  # user messages
@@ -238,6 +246,7 @@ def _dedup(sd: dict) -> dict:
         seen.add(key)
     return out
 
+# %% ../nbs/07_vlm.ipynb #cd2bc6e7
 @patch
 def save_pretrained(self: VLM, path,  # run directory (created or replaced)
                    ) -> Path:
@@ -260,6 +269,7 @@ def save_pretrained(self: VLM, path,  # run directory (created or replaced)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     return path
 
+# %% ../nbs/07_vlm.ipynb #b5cb8bd7
 def _local_ref(ref: dict, key: str, base: Path) -> str | None:
     "A saved reference: its path relative to the saved directory if that exists, else as recorded."
     rel = ref.get(f"{key}_relative")
@@ -278,6 +288,7 @@ def _build_encoder(spec: dict, base: Path = Path(".")):
         torch.manual_seed(e.get("init_seed", 0))
         return create_encoder(e["id"], pretrained=w, **e.get("kwargs", {}))
 
+# %% ../nbs/07_vlm.ipynb #4f9cea75
 @patch(cls_method=True)
 def from_pretrained(cls: VLM, path,  # a directory written by `save_pretrained`
                     encoder: nn.Module | None = None,  # the encoder; None = rebuild it from config.json (`load_encoder=True`)
@@ -330,6 +341,7 @@ def prismatic_connector_id(arch_specifier: str) -> str:
     if arch_specifier.endswith("gelu-mlp"): return "gelu-mlp"
     raise ValueError(f"Prismatic arch_specifier {arch_specifier!r} is not supported (linear | [no-align+]gelu-mlp | [no-align+]fused-gelu-mlp)")
 
+# %% ../nbs/07_vlm.ipynb #908310cc
 @patch(cls_method=True)
 def from_prismatic(cls: VLM, run_dir,  # a Prismatic / authors' release run directory
                    encoder: nn.Module | None = None,  # the vision encoder; None = `create_encoder(vision_backbone_id, pretrained="hub")`
