@@ -14,7 +14,7 @@ from .utils import atomic_write, did_you_mean, is_offline
 # %% auto #0
 __all__ = ['PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig', 'DenseConfig', 'EmbeddedLMConfig',
            'VLMConfig', 'TrainConfig', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig', 'from_dict',
-           'to_dict', 'list_presets', 'load_config', 'missing_paths', 'validate', 'save_config', 'check_names']
+           'to_dict', 'missing_paths', 'validate', 'list_presets', 'load_config', 'save_config', 'check_names']
 
 # %% ../nbs/00a_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -75,6 +75,7 @@ class EncoderEntry:
     tap: str = ""  # "" = the paper's tap (ViTs `block -2`, hierarchical `stage 3`); e.g. "block -1", "stage 4", "stage 3 layer 10"
     resize: str = ""  # "" = the encoder's own strategy (the authors' per-family letterbox); or letterbox | resize-naive | resize-crop | fit-pad | letterbox-square-N
 
+# %% ../nbs/00a_config.ipynb #458a4303
 @dataclass
 class PretrainConfig:
     "Encoder pretraining on the benchmark's classification task (the ImageNet-1K analog); real encoders use their published top-1."
@@ -115,6 +116,7 @@ class EmbeddedLMConfig:
     pretrain_context: bool = False  # pretraining documents put each image's description record (`data.caption_records`) before its other turns, text only: the LM learns to answer from context, as a real pretrained LLM can
     seed: int = 0  # init seed of the LM (one shared "pretrained LLM" for every encoder and seed)
 
+# %% ../nbs/00a_config.ipynb #32fc150d
 @dataclass
 class VLMConfig:
     "The VLM: connector and language model around a frozen encoder (Prismatic's layout)."
@@ -130,6 +132,7 @@ class VLMConfig:
     max_length: int = 2048  # text tokens per example before the image tokens are inserted (Prismatic: 2048)
     embedded: EmbeddedLMConfig = field(default_factory=EmbeddedLMConfig)  # the embedded LM (when lm = embedded)
 
+# %% ../nbs/00a_config.ipynb #e7b7640f
 @dataclass
 class TrainConfig:
     "The VLM training recipe (Prismatic single-stage `no-align` finetune by default; recipe_eval.md §1.2)."
@@ -152,6 +155,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation passes (0 = only at the end)
     trackers: list[str] = field(default_factory=list)  # accelerate trackers to log to as well (e.g. tensorboard, wandb)
 
+# %% ../nbs/00a_config.ipynb #736d3e7f
 @dataclass
 class EvalConfig:
     "Evaluation: generation settings, grounding thresholds and statistics."
@@ -172,6 +176,7 @@ class RuntimeConfig:
     jobs: int = 1  # independent runs executed in parallel processes
     stage_timeout: int = 7200  # seconds a stage cell may run before the runner stops it
 
+# %% ../nbs/00a_config.ipynb #b26ba6ee
 @dataclass
 class PathsConfig:
     "Where outputs go; `{preset}` expands to the preset's name."
@@ -205,6 +210,27 @@ def _type_name(tp) -> str:
     if o in (typing.Union, types.UnionType): return " or ".join(_type_name(a) for a in get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
+# %% ../nbs/00a_config.ipynb #baee9c32
+def _convert_scalar(value, tp, bad):
+    "Check a scalar against `None`, `bool`, `int`, `float` or `str` (ints become floats; bools are never numbers)."
+    if tp is type(None):
+        if value is not None: raise bad()
+        return None
+    if tp is bool:
+        if not isinstance(value, bool): raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int): raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)): raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str): raise bad()
+        return value
+    raise bad()
+
+# %% ../nbs/00a_config.ipynb #881cbd89
 def _convert(value, tp, key: str):
     "Check and convert one YAML value to the annotated type `tp`."
     o = get_origin(tp)
@@ -228,23 +254,9 @@ def _convert(value, tp, key: str):
     if o is dict:
         if not isinstance(value, dict): raise bad()
         return dict(value)
-    if tp is type(None):
-        if value is not None: raise bad()
-        return None
-    if tp is bool:
-        if not isinstance(value, bool): raise bad()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int): raise bad()
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)): raise bad()
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str): raise bad()
-        return value
-    raise bad()
+    return _convert_scalar(value, tp, bad)
 
+# %% ../nbs/00a_config.ipynb #6200fe71
 def from_dict(cls, data, key: str = ""):
     "Build dataclass `cls` from a nested dict, with one-line errors naming the dotted key."
     where = f"'{key}'" if key else "the top level"
@@ -262,69 +274,10 @@ def from_dict(cls, data, key: str = ""):
     if missing: raise ConfigError(f"config key {where}: missing required field(s) {', '.join(missing)}")
     return cls(**kw)
 
+# %% ../nbs/00a_config.ipynb #ef770088
 def to_dict(cfg) -> dict:
     "Plain nested dict of a config (YAML-ready)."
     return asdict(cfg)
-
-# %% ../nbs/00a_config.ipynb #01e35dd2
-PRESETS_DIR = Path(__file__).parent/"presets" if "__file__" in globals() else Path("../vlmssm/presets")
-
-def list_presets() -> list[str]:
-    "Names of the presets shipped with vlmssm."
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-def _expand(o):
-    "Expand `${VAR}` / `${VAR:-default}` in every string of a nested structure."
-    if isinstance(o, str): return _ENV.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), o)
-    if isinstance(o, list): return [_expand(v) for v in o]
-    if isinstance(o, dict): return {k: _expand(v) for k, v in o.items()}
-    return o
-
-def _read_yaml(path: Path, seen=()) -> dict:
-    "Read a preset/config file, resolving `inherit` (by preset name or relative path)."
-    try: data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError: raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        m = getattr(e, "problem_mark", None)
-        raise ConfigError(f"config file {path}: invalid YAML{f' at line {m.line+1}' if m else ''}: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict): raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    parent = data.pop("inherit", None)
-    if parent is None: return data
-    ppath = PRESETS_DIR/f"{parent}.yaml" if (PRESETS_DIR/f"{parent}.yaml").exists() else Path(path).parent/parent
-    if not ppath.exists():
-        raise ConfigError(f"config file {path}: inherit: {parent!r} is neither a preset ({', '.join(list_presets())}) nor a file")
-    if ppath.resolve() in seen: raise ConfigError(f"config file {path}: inherit cycle through {ppath}")
-    return _merge(_read_yaml(ppath, seen + (ppath.resolve(),)), data)
-
-# %% ../nbs/00a_config.ipynb #2a3ea6ca
-def _set_dotted(d: dict, dotted: str, value):
-    *head, last = dotted.split(".")
-    for k in head: d = d.setdefault(k, {})
-    d[last] = value
-
-def load_config(preset: str = "default",  # a preset name (`vlmssm presets`) or a path to a YAML file
-                overrides: list[str] | dict | None = None,  # `key.sub=value` strings (YAML values) or a nested dict
-               ) -> StudyConfig:
-    "Load a study configuration from a preset or file, apply overrides, and validate it."
-    p = Path(preset)
-    if p.suffix in (".yaml", ".yml") or p.exists(): path = p
-    elif (PRESETS_DIR/f"{preset}.yaml").exists(): path = PRESETS_DIR/f"{preset}.yaml"
-    else: raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, list_presets())}; presets: {', '.join(list_presets())} (or pass a YAML file)")
-    data = _read_yaml(path)
-    data.setdefault("name", p.stem)
-    if isinstance(overrides, dict): data = _merge(data, overrides)
-    else:
-        for o in overrides or []:
-            if "=" not in o: raise ConfigError(f"override {o!r}: expected key.sub=value")
-            k, v = o.split("=", 1)
-            _set_dotted(data, k.strip(), yaml.safe_load(v))
-    return validate(from_dict(StudyConfig, _expand(data)))
 
 # %% ../nbs/00a_config.ipynb #95637840
 def _positive(cfg: StudyConfig):
@@ -340,12 +293,14 @@ def _positive(cfg: StudyConfig):
         raise ConfigError(f"config key 'train.global_batch': {cfg.train.global_batch} is not a multiple of train.per_device_batch={cfg.train.per_device_batch}")
     if not cfg.seeds: raise ConfigError("config key 'seeds': needs at least one seed")
 
+# %% ../nbs/00a_config.ipynb #6cf20709
 def _hf_cached(repo_id: str) -> bool:
     "Whether a hub model's config is in the local Hugging Face cache."
     try: from huggingface_hub import try_to_load_from_cache
     except ImportError: return False
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
+# %% ../nbs/00a_config.ipynb #e2035451
 def missing_paths(cfg: StudyConfig) -> list[str]:
     "Every required local path (real data, local weights, local LM) that does not exist."
     miss = []
@@ -365,6 +320,7 @@ def missing_paths(cfg: StudyConfig) -> list[str]:
         elif is_offline() and not _hf_cached(lm): miss.append(f"vlm.lm={lm} (hub id, offline and not in the HF cache)")
     return miss
 
+# %% ../nbs/00a_config.ipynb #1d3a4dd7
 def validate(cfg: StudyConfig) -> StudyConfig:
     "Check values that types cannot express; raise one `ConfigError` line listing every problem path."
     _positive(cfg)
@@ -372,11 +328,76 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if miss: raise ConfigError(f"study '{cfg.name}': {len(miss)} missing path(s) or weight(s): {'; '.join(miss)}")
     return cfg
 
+# %% ../nbs/00a_config.ipynb #01e35dd2
+PRESETS_DIR = Path(__file__).parent/"presets" if "__file__" in globals() else Path("../vlmssm/presets")
+
+def list_presets() -> list[str]:
+    "Names of the presets shipped with vlmssm."
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+# %% ../nbs/00a_config.ipynb #4bb00e5c
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items(): out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+# %% ../nbs/00a_config.ipynb #08676fd2
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+def _expand(o):
+    "Expand `${VAR}` / `${VAR:-default}` in every string of a nested structure."
+    if isinstance(o, str): return _ENV.sub(lambda m: os.environ.get(m[1], m[2] if m[2] is not None else ""), o)
+    if isinstance(o, list): return [_expand(v) for v in o]
+    if isinstance(o, dict): return {k: _expand(v) for k, v in o.items()}
+    return o
+
+# %% ../nbs/00a_config.ipynb #17a96a9b
+def _read_yaml(path: Path, seen=()) -> dict:
+    "Read a preset/config file, resolving `inherit` (by preset name or relative path)."
+    try: data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError: raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None)
+        raise ConfigError(f"config file {path}: invalid YAML{f' at line {m.line+1}' if m else ''}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict): raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    parent = data.pop("inherit", None)
+    if parent is None: return data
+    ppath = PRESETS_DIR/f"{parent}.yaml" if (PRESETS_DIR/f"{parent}.yaml").exists() else Path(path).parent/parent
+    if not ppath.exists():
+        raise ConfigError(f"config file {path}: inherit: {parent!r} is neither a preset ({', '.join(list_presets())}) nor a file")
+    if ppath.resolve() in seen: raise ConfigError(f"config file {path}: inherit cycle through {ppath}")
+    return _merge(_read_yaml(ppath, seen + (ppath.resolve(),)), data)
+
+# %% ../nbs/00a_config.ipynb #037b23d8
+def _set_dotted(d: dict, dotted: str, value):
+    *head, last = dotted.split(".")
+    for k in head: d = d.setdefault(k, {})
+    d[last] = value
+
+# %% ../nbs/00a_config.ipynb #2a3ea6ca
+def load_config(preset: str = "default",  # a preset name (`vlmssm presets`) or a path to a YAML file
+                overrides: list[str] | dict | None = None,  # `key.sub=value` strings (YAML values) or a nested dict
+               ) -> StudyConfig:
+    "Load a study configuration from a preset or file, apply overrides, and validate it."
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml") or p.exists(): path = p
+    elif (PRESETS_DIR/f"{preset}.yaml").exists(): path = PRESETS_DIR/f"{preset}.yaml"
+    else: raise ConfigError(f"unknown preset {preset!r}{did_you_mean(preset, list_presets())}; presets: {', '.join(list_presets())} (or pass a YAML file)")
+    data = _read_yaml(path)
+    data.setdefault("name", p.stem)
+    if isinstance(overrides, dict): data = _merge(data, overrides)
+    else:
+        for o in overrides or []:
+            if "=" not in o: raise ConfigError(f"override {o!r}: expected key.sub=value")
+            k, v = o.split("=", 1)
+            _set_dotted(data, k.strip(), yaml.safe_load(v))
+    return validate(from_dict(StudyConfig, _expand(data)))
+
 # %% ../nbs/00a_config.ipynb #a49d8882
 def save_config(cfg: StudyConfig, path) -> Path:
     "Write `cfg` as YAML, atomically."
     return atomic_write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
+# %% ../nbs/00a_config.ipynb #5e25f1a5
 def check_names(cfg: StudyConfig) -> StudyConfig:
     "Check registry ids (encoders, connector) against the registries that are importable; one line per bad id."
     try: from vlmssm.backbones import list_encoders

@@ -11,13 +11,14 @@ import numpy as np, torch
 from PIL import Image, ImageOps
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['RESIZE_STRATEGIES', 'Affine', 'Geometry', 'interp_mode', 'GeomOp', 'Resize', 'ResizeKeepRatio', 'CenterCrop',
            'LetterboxPad', 'FitResize', 'PadTo', 'Preprocess', 'list_resize_strategies', 'check_strategy',
            'strategy_input_size', 'build_preprocess', 'painted_box_check']
 
-# %% ../nbs/02_geometry.ipynb #5c80792a
+# %% ../nbs/02_geometry.ipynb #28478c8c
 def _as_array(boxes):
     "Boxes as a float64 `(..., 4)` array plus a function that restores the caller's type."
     if isinstance(boxes, torch.Tensor):
@@ -27,6 +28,7 @@ def _as_array(boxes):
     arr = np.asarray(boxes, dtype=np.float64)
     return arr, (lambda a: a.tolist())
 
+# %% ../nbs/02_geometry.ipynb #5c80792a
 @dataclass(frozen=True)
 class Affine:
     "Per-axis affine map `x' = sx·x + tx`, `y' = sy·y + ty` on pixel-edge coordinates."
@@ -54,6 +56,7 @@ class Affine:
 def _clip(a: np.ndarray, w: float, h: float) -> np.ndarray:
     return np.stack([a[..., 0].clip(0, w), a[..., 1].clip(0, h), a[..., 2].clip(0, w), a[..., 3].clip(0, h)], -1)
 
+# %% ../nbs/02_geometry.ipynb #5cbffb85
 @dataclass(frozen=True)
 class Geometry:
     "Exact map between an original image (`src_size`) and the model input (`dst_size`) built from it."
@@ -70,20 +73,23 @@ class Geometry:
         if clip: a = _clip(a, W, H)
         return back(a / np.array([W, H, W, H]) if normalized else a)
 
-    def to_original(self, boxes, normalized: bool = False, clip: bool = True):
-        "Model-input boxes → original-image boxes, clipped to the image by default."
-        a, back = _as_array(boxes)
-        (w, h), (W, H) = self.src_size, self.dst_size
-        if normalized: a = a * np.array([W, H, W, H])
-        a, _ = _as_array(self.affine.inverse().apply(a))
-        if clip: a = _clip(a, w, h)
-        return back(a / np.array([w, h, w, h]) if normalized else a)
+# %% ../nbs/02_geometry.ipynb #c5381d63
+@patch
+def to_original(self: Geometry, boxes, normalized: bool = False, clip: bool = True):
+    "Model-input boxes → original-image boxes, clipped to the image by default."
+    a, back = _as_array(boxes)
+    (w, h), (W, H) = self.src_size, self.dst_size
+    if normalized: a = a * np.array([W, H, W, H])
+    a, _ = _as_array(self.affine.inverse().apply(a))
+    if clip: a = _clip(a, w, h)
+    return back(a / np.array([w, h, w, h]) if normalized else a)
 
-    @property
-    def content_box(self) -> tuple[float, float, float, float]:
-        "Where the original image lands in the input (`xyxy` input pixels, clipped to the input)."
-        w, h = self.src_size
-        return tuple(float(v) for v in self.to_input([0, 0, w, h], clip=True))
+# %% ../nbs/02_geometry.ipynb #62352165
+@patch(as_prop=True)
+def content_box(self: Geometry) -> tuple[float, float, float, float]:
+    "Where the original image lands in the input (`xyxy` input pixels, clipped to the input)."
+    w, h = self.src_size
+    return tuple(float(v) for v in self.to_input([0, 0, w, h], clip=True))
 
 # %% ../nbs/02_geometry.ipynb #65166b9b
 _INTERP = {m.value: m for m in InterpolationMode}
@@ -94,6 +100,7 @@ def interp_mode(name: str | InterpolationMode) -> InterpolationMode:
     if name not in _INTERP: raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(_INTERP)}")
     return _INTERP[name]
 
+# %% ../nbs/02_geometry.ipynb #50e5aab0
 class GeomOp:
     "A geometric image op: `plan(w, h) -> (affine, (w', h'))` and `__call__(img)` that executes the plan."
     def plan(self, w: int, h: int) -> tuple[Affine, tuple[int, int]]: raise NotImplementedError
@@ -107,6 +114,7 @@ class _Rescale(GeomOp):
         _, (nw, nh) = self.plan(*img.size)
         return TF.resize(img, [nh, nw], interpolation=interp_mode(self.interpolation), antialias=True)
 
+# %% ../nbs/02_geometry.ipynb #8a67d599
 class Resize(_Rescale):
     "torchvision `Resize`: an int resizes the shortest edge (`int(S·long/short)`), a pair `(h, w)` is exact."
     def plan(self, w, h):
@@ -116,6 +124,7 @@ class Resize(_Rescale):
         else: nh, nw = self.size
         return Affine(nw / w, nh / h), (nw, nh)
 
+# %% ../nbs/02_geometry.ipynb #c6a8c284
 class ResizeKeepRatio(_Rescale):
     "timm `ResizeKeepRatio(longest=0)`: scale so the image covers `(h, w)`, sizes `round(x/ratio)`."
     def plan(self, w, h):
@@ -124,6 +133,7 @@ class ResizeKeepRatio(_Rescale):
         nh, nw = round(h / ratio), round(w / ratio)
         return Affine(nw / w, nh / h), (nw, nh)
 
+# %% ../nbs/02_geometry.ipynb #68943e7d
 class CenterCrop(GeomOp):
     "torchvision `CenterCrop((h, w))` (pads with zeros first if the image is smaller, as torchvision does)."
     def __init__(self, size: tuple[int, int]): self.size = tuple(size)
@@ -135,6 +145,7 @@ class CenterCrop(GeomOp):
         return Affine(tx=pl - left, ty=pt - top), (cw, ch)
     def __call__(self, img): return TF.center_crop(img, list(self.size))
 
+# %% ../nbs/02_geometry.ipynb #7672f24d
 class LetterboxPad(GeomOp):
     "Prismatic `LetterboxPad`: symmetric constant pad to the target aspect (`int((max−w)/2)` per side for squares)."
     def __init__(self, fill: tuple[int, ...], aspect: float = 1.0): self.fill, self.aspect = tuple(fill), aspect
@@ -149,6 +160,7 @@ class LetterboxPad(GeomOp):
         l, t = int(a.tx), int(a.ty)
         return TF.pad(img, [l, t, l, t], fill=self.fill, padding_mode="constant") if (l or t) else img
 
+# %% ../nbs/02_geometry.ipynb #f0cdd5cb
 class FitResize(GeomOp):
     "The authors' `ResizeKeepRatioToFit`: keep ratio, fit into `(h, w)`, never upscale unless `upscale`."
     def __init__(self, size: tuple[int, int], interpolation: str = "bilinear", upscale: bool = False):
@@ -164,6 +176,7 @@ class FitResize(GeomOp):
         if (nw, nh) == img.size: return img
         return TF.resize(img, [nh, nw], interpolation=interp_mode(self.interpolation), antialias=True)
 
+# %% ../nbs/02_geometry.ipynb #52e48c17
 class PadTo(GeomOp):
     "Pad right/bottom with a constant to `(h, w)` (the authors' `PadToSize`); the image must already fit."
     def __init__(self, size: tuple[int, int], fill: tuple[int, ...]): self.size, self.fill = tuple(size), tuple(fill)
@@ -195,24 +208,28 @@ class Preprocess:
             a = a.then(b)
         return a, sz
 
-    def geometry(self, w: int, h: int) -> Geometry:
-        "The exact map between an original `w×h` image and this pipeline's input."
-        a, (W, H) = self.plan(w, h)
-        if (H, W) != self.size: raise RuntimeError(f"{self.strategy}: a {w}x{h} image ends at {W}x{H}, not {self.size[1]}x{self.size[0]}")
-        return Geometry((w, h), (W, H), a)
-
-    def pil(self, img: Image.Image) -> Image.Image:
-        "Only the geometric part (a PIL image of the input size)."
-        img = img.convert("RGB")
-        for op in self.ops: img = op(img)
-        if img.size[::-1] != self.size: raise RuntimeError(f"{self.strategy}: produced {img.size}, expected (w, h) = {self.size[::-1]}")
-        return img
-
     def __call__(self, img: Image.Image) -> torch.Tensor:
         "PIL image → normalised `(3, h, w)` float tensor."
         return TF.normalize(TF.to_tensor(self.pil(img)), self.mean, self.std)
 
     def __repr__(self): return f"Preprocess[{self.strategy}]({' → '.join(map(repr, self.ops))} → ToTensor → Normalize)"
+
+# %% ../nbs/02_geometry.ipynb #1815545e
+@patch
+def geometry(self: Preprocess, w: int, h: int) -> Geometry:
+    "The exact map between an original `w×h` image and this pipeline's input."
+    a, (W, H) = self.plan(w, h)
+    if (H, W) != self.size: raise RuntimeError(f"{self.strategy}: a {w}x{h} image ends at {W}x{H}, not {self.size[1]}x{self.size[0]}")
+    return Geometry((w, h), (W, H), a)
+
+# %% ../nbs/02_geometry.ipynb #875f8ab3
+@patch
+def pil(self: Preprocess, img: Image.Image) -> Image.Image:
+    "Only the geometric part (a PIL image of the input size)."
+    img = img.convert("RGB")
+    for op in self.ops: img = op(img)
+    if img.size[::-1] != self.size: raise RuntimeError(f"{self.strategy}: produced {img.size}, expected (w, h) = {self.size[::-1]}")
+    return img
 
 # %% ../nbs/02_geometry.ipynb #78c119fb
 _SQUARE_RE = re.compile(r"^letterbox-square-(\d+)$")
@@ -235,11 +252,20 @@ def check_strategy(name: str) -> str:
     if m and int(m.group(1)) > 0: return name
     raise ValueError(f"unknown resize strategy {name!r}; expected one of {', '.join(list_resize_strategies())}")
 
+# %% ../nbs/02_geometry.ipynb #f4a07193
 def strategy_input_size(name: str, size: tuple[int, int]) -> tuple[int, int]:
     "The `(h, w)` input size a strategy produces for an encoder whose native input is `size`."
     m = _SQUARE_RE.match(check_strategy(name))
     return (int(m.group(1)),) * 2 if m else tuple(size)
 
+# %% ../nbs/02_geometry.ipynb #af0b665c
+def _timm_eval(H: int, W: int, crop_pct: float, interpolation: str) -> list[GeomOp]:
+    "timm transforms_imagenet_eval, crop_mode='center'."
+    sh, sw = math.floor(H / crop_pct), math.floor(W / crop_pct)
+    first = Resize(sh, interpolation) if sh == sw else ResizeKeepRatio((sh, sw), interpolation)
+    return [first, CenterCrop((H, W))]
+
+# %% ../nbs/02_geometry.ipynb #0038362e
 def build_preprocess(strategy: str,                    # a name from `list_resize_strategies()`
                      size: int | tuple[int, int],      # the encoder's input size, (h, w) or an int for squares
                      mean: Sequence[float],            # normalisation mean; the pad fill is int(mean·255)
@@ -255,19 +281,15 @@ def build_preprocess(strategy: str,                    # a name from `list_resiz
     fill = tuple(int(m * 255) for m in mean)
     if resize_mode not in ("short-crop", "exact"): raise ValueError(f"resize_mode must be 'short-crop' or 'exact', got {resize_mode!r}")
     if not 0 < crop_pct <= 1: raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    def timm_eval():  # timm transforms_imagenet_eval, crop_mode='center'
-        sh, sw = math.floor(H / crop_pct), math.floor(W / crop_pct)
-        first = Resize(sh, interpolation) if sh == sw else ResizeKeepRatio((sh, sw), interpolation)
-        return [first, CenterCrop((H, W))]
     if (m := _SQUARE_RE.match(strategy)):
         n = int(m.group(1)); H = W = n
         ops = [FitResize((n, n), dense_interpolation), PadTo((n, n), fill)]
     elif strategy == "fit-pad":      ops = [FitResize((H, W), dense_interpolation), PadTo((H, W), fill)]
     elif strategy == "resize-naive": ops = [Resize((H, W), interpolation), CenterCrop((H, W))]
-    elif strategy == "resize-crop":  ops = timm_eval()
+    elif strategy == "resize-crop":  ops = _timm_eval(H, W, crop_pct, interpolation)
     else:  # letterbox
         pad = LetterboxPad(fill, aspect=W / H)
-        ops = [pad, *timm_eval()] if resize_mode == "short-crop" else [pad, Resize((H, W), interpolation)]
+        ops = [pad, *_timm_eval(H, W, crop_pct, interpolation)] if resize_mode == "short-crop" else [pad, Resize((H, W), interpolation)]
     return Preprocess(ops, mean, std, (H, W), strategy)
 
 # %% ../nbs/02_geometry.ipynb #5b24bbea

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from ..config import DataConfig
+from fastcore.basics import patch
 from ..utils import atomic_dir, file_sha256
 from .scenes import SPLITS, categories, check_data_config, generate_scene, scene_seed
 from .tasks import FAMILIES, scene_to_tasks, to_conversations
@@ -31,6 +32,7 @@ def image_id(split: str, index: int) -> int:
     "The COCO image id of scene `index` of `split`."
     return SPLITS.index(split)*10_000_000 + index + 1
 
+# %% ../../nbs/01c_data.benchmark.ipynb #1b6a710a
 def _scene_record(cfg: DataConfig, split: str, i: int, root: str) -> dict:
     "Generate scene `i` of `split`, write its image and masks under `root`, return its labels."
     s = generate_scene(scene_seed(cfg.seed, split, i), cfg, check=False)
@@ -76,6 +78,7 @@ def _records(cfg, tmp, progress):
     bar.close()
     return out
 
+# %% ../../nbs/01c_data.benchmark.ipynb #93fe27a8
 def write_benchmark(cfg: DataConfig,  # `cfg.data` of a study
                     root,  # output folder (created; must not exist unless `overwrite`)
                     overwrite: bool = False,  # replace an existing benchmark at `root`
@@ -134,21 +137,31 @@ class Benchmark:
     def config(self) -> DataConfig: return DataConfig(**self.meta["config"])
     def count(self, split: str, what: str = "scenes") -> int: return self.meta["counts"][split][what]
 
-    def path(self, kind: str, split: str | None = None) -> Path:
-        "Path of a file or folder: kind in images, masks, instances, llava, vqa_questions, vqa_annotations, coco (per split), refcoco, classification."
-        f = self.meta["files"]
-        if kind in ("refcoco", "classification"): return self.root/f[kind]
-        if split not in f["splits"]: raise KeyError(f"unknown split {split!r}; valid: {', '.join(f['splits'])}")
-        if kind not in f["splits"][split]: raise KeyError(f"unknown kind {kind!r}; valid: {', '.join(list(f['splits'][split]) + ['refcoco', 'classification'])}")
-        return self.root/f["splits"][split][kind]
+# %% ../../nbs/01c_data.benchmark.ipynb #b61cb51b
+@patch
+def path(self: Benchmark, kind: str, split: str | None = None) -> Path:
+    "Path of a file or folder: kind in images, masks, instances, llava, vqa_questions, vqa_annotations, coco (per split), refcoco, classification."
+    f = self.meta["files"]
+    if kind in ("refcoco", "classification"): return self.root/f[kind]
+    if split not in f["splits"]: raise KeyError(f"unknown split {split!r}; valid: {', '.join(f['splits'])}")
+    if kind not in f["splits"][split]: raise KeyError(f"unknown kind {kind!r}; valid: {', '.join(list(f['splits'][split]) + ['refcoco', 'classification'])}")
+    return self.root/f["splits"][split][kind]
 
-    def llava(self, split: str = "train"): return read_llava(self.path("llava", split), self.root)
-    def vqa(self, split: str = "test"): return read_vqa(self.path("vqa_questions", split), self.path("vqa_annotations", split), self.root)
-    def coco(self, split: str = "train"): return read_coco(self.path("coco", split), self.root)
-    def refs(self, split: str = "test"): return read_refcoco(self.path("refcoco"), self.root, split=split)
-    def cls(self, split: str = "train"): return read_cls_index(self.path("classification"), self.root, split=split)
-    def seg(self, split: str = "train"): return read_seg_folder(self.root, split)
+# %% ../../nbs/01c_data.benchmark.ipynb #db7bf624
+@patch
+def llava(self: Benchmark, split: str = "train"): return read_llava(self.path("llava", split), self.root)
+@patch
+def vqa(self: Benchmark, split: str = "test"): return read_vqa(self.path("vqa_questions", split), self.path("vqa_annotations", split), self.root)
+@patch
+def coco(self: Benchmark, split: str = "train"): return read_coco(self.path("coco", split), self.root)
+@patch
+def refs(self: Benchmark, split: str = "test"): return read_refcoco(self.path("refcoco"), self.root, split=split)
+@patch
+def cls(self: Benchmark, split: str = "train"): return read_cls_index(self.path("classification"), self.root, split=split)
+@patch
+def seg(self: Benchmark, split: str = "train"): return read_seg_folder(self.root, split)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #e652a4d3
 def load_benchmark(root) -> Benchmark:
     "Open a benchmark written by `write_benchmark` (checks its format and version)."
     root = Path(root)
@@ -159,6 +172,7 @@ def load_benchmark(root) -> Benchmark:
         raise DataFormatError(f"{root/'benchmark.json'}: version {meta.get('version')!r}, this vlmssm reads version {VERSION}; regenerate it")
     return Benchmark(root, meta)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #3d47d517
 def tree_hash(root) -> str:
     "SHA-256 over every file's relative path and bytes, in sorted order (equal trees ⇔ equal hashes)."
     h, root = hashlib.sha256(), Path(root)
@@ -174,6 +188,7 @@ def vqa_table(bench: Benchmark, split: str) -> pd.DataFrame:
                  neg_strategy=r.extra.get("neg_strategy", "")) for r in bench.vqa(split)]
     return pd.DataFrame(rows, columns=["split", "question_id", "image_id", "family", "qtype", "answer_type", "question", "answer", "neg_strategy"])
 
+# %% ../../nbs/01c_data.benchmark.ipynb #9c5a704f
 def answer_distribution(df: pd.DataFrame) -> pd.DataFrame:
     "Tidy answer counts and shares per split, family and template (`qtype` = 'all' pools the family)."
     parts = []
@@ -184,11 +199,13 @@ def answer_distribution(df: pd.DataFrame) -> pd.DataFrame:
         parts.append(c)
     return pd.concat(parts, ignore_index=True).sort_values(["split", "family", "qtype", "count", "answer"], ascending=[True, True, True, False, True], ignore_index=True)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #c37a2620
 def _mode(s: pd.Series) -> str:
     "Most frequent value; ties broken alphabetically (deterministic)."
     c = s.value_counts()
     return sorted(c[c == c.max()].index)[0]
 
+# %% ../../nbs/01c_data.benchmark.ipynb #35a3c08e
 def vqa_baselines(fit: pd.DataFrame, ev: pd.DataFrame) -> pd.DataFrame:
     "Image-free baselines per family and template: majority, blind template, blind question (fit on `fit`, scored on `ev`)."
     fam_mode = fit.groupby("family")["answer"].agg(_mode)
@@ -214,6 +231,7 @@ def vqa_baselines(fit: pd.DataFrame, ev: pd.DataFrame) -> pd.DataFrame:
                      blind_question_acc=float((g["answer"] == g["p_q"]).mean())))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #7e795849
 def _iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     "Row-wise IoU of xyxy boxes (no +1 terms, as VE)."
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
@@ -221,6 +239,7 @@ def _iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = iw*ih
     return inter/((a[:, 2]-a[:, 0])*(a[:, 3]-a[:, 1]) + (b[:, 2]-b[:, 0])*(b[:, 3]-b[:, 1]) - inter)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #567cb57e
 def ref_table(bench: Benchmark, split: str) -> pd.DataFrame:
     "One row per referring sentence: normalised xyxy box, its text, and the expression template."
     words = {w: "{shape}" for w in bench.shapes} | {w: "{color}" for w in bench.colors} | {w: "{size}" for w in bench.sizes}
@@ -231,6 +250,7 @@ def ref_table(bench: Benchmark, split: str) -> pd.DataFrame:
                          x1=x1/r.width, y1=y1/r.height, x2=x2/r.width, y2=y2/r.height, box_text=r.box_text()))
     return pd.DataFrame(rows)
 
+# %% ../../nbs/01c_data.benchmark.ipynb #ef27adc1
 def ref_baselines(fit: pd.DataFrame, ev: pd.DataFrame, iou: float = 0.5) -> pd.DataFrame:
     "Image-free grounding baselines (Acc@iou): the mean train box, and the mean train box per expression template."
     B = ["x1", "y1", "x2", "y2"]

@@ -15,7 +15,7 @@ from ..utils import atomic_write
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'LIST_COLS', 'DataFormatError', 'PathEscapeError', 'resolve_in', 'read_json', 'write_json',
            'LlavaRecord', 'write_llava', 'read_llava', 'VQARecord', 'write_vqa', 'read_vqa', 'DetRecord', 'write_coco',
-           'read_coco', 'RefRecord', 'load_refs_pickle', 'write_refcoco', 'convert_refcoco', 'read_refcoco',
+           'read_coco', 'RefRecord', 'load_refs_pickle', 'write_refcoco', 'read_refcoco', 'convert_refcoco',
            'write_image', 'write_mask', 'read_mask', 'SegRecord', 'read_seg_folder', 'ClsRecord', 'write_cls_index',
            'read_cls_index', 'read_imagefolder']
 
@@ -27,6 +27,7 @@ class DataFormatError(ValueError):
 class PathEscapeError(DataFormatError):
     "A dataset path that resolves outside its root."
 
+# %% ../../nbs/01b_data.formats.ipynb #5f075965
 def resolve_in(root,  # the directory paths must stay inside
                rel,  # a path from a dataset file (relative, or absolute inside `root`)
                what: str = "path",  # what the path is, for the error message
@@ -38,6 +39,7 @@ def resolve_in(root,  # the directory paths must stay inside
     if p != r and r not in p.parents: raise PathEscapeError(f"{what} {str(rel)!r} escapes its root {r}")
     return p
 
+# %% ../../nbs/01b_data.formats.ipynb #a2e8a0b4
 def read_json(path, what: str = "JSON file"):
     "Load a JSON file; one-line `DataFormatError` if it is missing or not valid JSON."
     path = Path(path)
@@ -53,6 +55,7 @@ def write_json(obj, path, indent: int | None = None) -> Path:
     sep = (",", ":") if indent is None else (",", ": ")
     return atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent, separators=sep).encode("utf-8"))
 
+# %% ../../nbs/01b_data.formats.ipynb #f0ec6761
 def _bad(path, where, msg): return DataFormatError(f"{path}: {where}: {msg}")
 
 def _need(rec, key, types, path, where, optional=False):
@@ -80,6 +83,7 @@ def write_llava(records: list[dict], path) -> Path:
     "Write LLaVA-format records (dicts with id, image, conversations)."
     return write_json(records, path)
 
+# %% ../../nbs/01b_data.formats.ipynb #02518f22
 def read_llava(path,  # LLaVA JSON (e.g. llava_v1_5_mix665k.json)
                image_root=None,  # folder the `image` entries are relative to (None: leave unresolved)
                check_files: bool = False,  # also require every image file to exist
@@ -122,6 +126,7 @@ class VQARecord:
 
 _VQA_KEYS = {"question_id", "image_id", "question_type", "answer_type", "multiple_choice_answer", "answers"}
 
+# %% ../../nbs/01b_data.formats.ipynb #6c21c947
 def write_vqa(items: list[dict],  # dicts: question_id, image_id, question, answer, answer_type, question_type (+ extra keys)
               questions_path, annotations_path,
               images: list[dict] | None = None,  # COCO-style image dicts (id, file_name, width, height) to embed
@@ -141,6 +146,7 @@ def write_vqa(items: list[dict],  # dicts: question_id, image_id, question, answ
     return (write_json(qs, questions_path),
             write_json({"info": info, "license": {}, "data_subtype": data_subtype, "data_type": "vlmssm-scenes", "annotations": anns}, annotations_path))
 
+# %% ../../nbs/01b_data.formats.ipynb #1635abea
 def read_vqa(questions_path, annotations_path=None,  # annotations may be omitted (test-dev style: no answers)
              image_root=None,  # folder image paths are relative to
              image_pattern: str | None = None,  # image path from ids when the questions file has no `images` list
@@ -196,11 +202,13 @@ class DetRecord:
     path: Path | None = None  # resolved image path
     attrs: list = field(default_factory=list)  # per-annotation extra keys (e.g. shape, color, size)
 
+# %% ../../nbs/01b_data.formats.ipynb #a0b78c78
 def write_coco(images: list[dict], annotations: list[dict], categories: list[dict], path, info: dict | None = None) -> Path:
     "Write a COCO instances JSON."
     return write_json({"info": info or {"description": "vlmssm embedded scene benchmark"}, "licenses": [],
                        "images": images, "annotations": annotations, "categories": categories}, path)
 
+# %% ../../nbs/01b_data.formats.ipynb #6b7e6359
 _COCO_ANN = {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
 
 def _check_bbox(b, path, where):
@@ -217,6 +225,7 @@ def _coco_images(d, path):
         ims[iid] = (_need(im, "file_name", str, path, w), _need(im, "width", int, path, w), _need(im, "height", int, path, w))
     return ims
 
+# %% ../../nbs/01b_data.formats.ipynb #5cac709a
 def read_coco(path, image_root=None) -> tuple[list[DetRecord], list[dict]]:
     "Read a COCO instances JSON: per-image `DetRecord`s (boxes xyxy) and the category list."
     d = read_json(path, "COCO JSON")
@@ -267,6 +276,7 @@ class RefRecord:
         x1, y1, x2, y2 = self.box_xyxy
         return "[" + ", ".join(f"{min(max(v, 0.0), 1.0):.{decimals}f}" for v in (x1/self.width, y1/self.height, x2/self.width, y2/self.height)) + "]"
 
+# %% ../../nbs/01b_data.formats.ipynb #5a40a9da
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name): raise pickle.UnpicklingError(f"global '{module}.{name}' refused (only plain data is read)")
 
@@ -278,18 +288,13 @@ def load_refs_pickle(path) -> list:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e: raise DataFormatError(f"{path}: unreadable refs pickle: {e}") from None
     return data
 
+# %% ../../nbs/01b_data.formats.ipynb #bb54b09d
 def write_refcoco(images, annotations, categories, refs, path) -> Path:
     "Write one RefCOCO-style JSON (COCO instances + `refs`)."
     return write_json({"info": {"description": "vlmssm RefCOCO-style referring expressions"}, "images": images,
                        "annotations": annotations, "categories": categories, "refs": refs}, path)
 
-def convert_refcoco(refs_path, instances_path, out_path) -> Path:
-    "Convert the official `refs(unc).p` + `instances.json` pair into the one JSON `read_refcoco` reads fastest."
-    refs = load_refs_pickle(refs_path) if str(refs_path).endswith(".p") else read_json(refs_path, "refs file")
-    inst = read_json(instances_path, "COCO instances JSON")
-    return write_refcoco(inst.get("images"), inst.get("annotations"), inst.get("categories", []),
-                         refs["refs"] if isinstance(refs, dict) else refs, out_path)
-
+# %% ../../nbs/01b_data.formats.ipynb #5c0aa303
 def read_refcoco(path,  # one JSON with images/annotations/refs, or a refs file (JSON or .p)
                  image_root=None,  # folder the COCO file names are relative to
                  split: str | None = None,  # keep only refs of this split (e.g. 'val', 'testA')
@@ -321,6 +326,14 @@ def read_refcoco(path,  # one JSON with images/annotations/refs, or a refs file 
                                  int(r.get("category_id", 0)), p))
     return out
 
+# %% ../../nbs/01b_data.formats.ipynb #f254c172
+def convert_refcoco(refs_path, instances_path, out_path) -> Path:
+    "Convert the official `refs(unc).p` + `instances.json` pair into the one JSON `read_refcoco` reads fastest."
+    refs = load_refs_pickle(refs_path) if str(refs_path).endswith(".p") else read_json(refs_path, "refs file")
+    inst = read_json(instances_path, "COCO instances JSON")
+    return write_refcoco(inst.get("images"), inst.get("annotations"), inst.get("categories", []),
+                         refs["refs"] if isinstance(refs, dict) else refs, out_path)
+
 # %% ../../nbs/01b_data.formats.ipynb #fe0c317e
 def write_image(img, path, fmt: str | None = None) -> Path:
     "Write an RGB image (array or PIL); PNG (lossless) or JPEG quality 95, deterministic bytes."
@@ -332,6 +345,7 @@ def write_image(img, path, fmt: str | None = None) -> Path:
     else: raise ValueError(f"image format {fmt!r} is not one of png, jpg")
     return path
 
+# %% ../../nbs/01b_data.formats.ipynb #55d0430a
 def write_mask(mask: np.ndarray, path) -> Path:
     "Write a (H, W) uint8 class/instance-id mask as a single-channel PNG."
     m = np.asarray(mask)
@@ -348,6 +362,7 @@ def read_mask(path) -> np.ndarray:
     if im.mode not in ("L", "P"): raise DataFormatError(f"{path}: mask mode is {im.mode}, expected single-channel ids (L or P)")
     return np.asarray(im, np.uint8)
 
+# %% ../../nbs/01b_data.formats.ipynb #051555c0
 @dataclass
 class SegRecord:
     "An image with its semantic mask."
@@ -392,12 +407,14 @@ def write_cls_index(rows: list[dict], path) -> Path:
     for r in rows: w.writerow([" ".join(map(str, r[c])) if isinstance(r[c], (list, tuple)) else r[c] for c in cols])
     return atomic_write(path, buf.getvalue().encode("utf-8"))
 
+# %% ../../nbs/01b_data.formats.ipynb #c845144d
 LIST_COLS = ("objects", "shape_counts", "color_counts")  # multi-label columns of the embedded benchmark
 
 def _cell(v: str, is_list: bool, path, line, col):
     try: return [int(x) for x in v.split()] if is_list else (int(v) if v.lstrip("-").isdigit() else v)
     except ValueError: raise DataFormatError(f"{path}: line {line}: column {col!r} should hold space-separated integers, got {v!r}") from None
 
+# %% ../../nbs/01b_data.formats.ipynb #61d73655
 def read_cls_index(path, image_root=None,  # folder the `file` column is relative to
                    split: str | None = None,  # keep only rows of this split
                    list_cols: tuple = LIST_COLS,  # columns holding space-separated integer lists
@@ -418,6 +435,7 @@ def read_cls_index(path, image_root=None,  # folder the `file` column is relativ
         out.append(ClsRecord(r["file"], lab, r.get("label_name") or str(lab), r.get("split", ""), extra, p))
     return out
 
+# %% ../../nbs/01b_data.formats.ipynb #4c3dc1f9
 def read_imagefolder(root) -> tuple[list[ClsRecord], list[str]]:
     "Read an ImageFolder tree `<root>/<class>/<image>`: records and the sorted class names (label = index)."
     root = Path(root)

@@ -13,7 +13,7 @@ from ..config import ConfigError, DataConfig
 from ..utils import did_you_mean
 
 # %% auto #0
-__all__ = ['SHAPES', 'COLORS', 'SPLITS', 'Shape', 'get_shape', 'list_shapes', 'get_color', 'list_colors', 'check_data_config',
+__all__ = ['SHAPES', 'COLORS', 'SPLITS', 'Shape', 'get_shape', 'list_shapes', 'list_colors', 'get_color', 'check_data_config',
            'categories', 'category_id', 'scene_seed', 'SceneObject', 'Scene', 'generate_scene', 'show_scene']
 
 # %% ../../nbs/01_data.scenes.ipynb #7f036488
@@ -31,6 +31,7 @@ def _cross(w=0.18):
     a, b = w, 0.5
     return np.array([(-a,-b),(a,-b),(a,-a),(b,-a),(b,a),(a,a),(a,b),(-a,b),(-a,a),(-b,a),(-b,-a),(-a,-a)], float)
 
+# %% ../../nbs/01_data.scenes.ipynb #6bda7093
 @dataclass(frozen=True)
 class Shape:
     "A named shape: polygons (fill 255 = solid, 0 = hole) in unit coordinates."
@@ -50,6 +51,17 @@ class Shape:
         sh = lambda p: 0.5*abs(np.dot(p[:,0], np.roll(p[:,1], 1)) - np.dot(p[:,1], np.roll(p[:,0], 1)))
         return sum(sh(p) if f else -sh(p) for f, p in self.parts)
 
+# %% ../../nbs/01_data.scenes.ipynb #15d84e24
+def _lookup(table, kind, name):
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {', '.join(table)}")
+    return table[name]
+
+def _lookup_msg(table, kind, name):
+    try: _lookup(table, kind, name)
+    except KeyError as e: return e.args[0]
+
+# %% ../../nbs/01_data.scenes.ipynb #1bf45547
 _tri = np.array([(0, -0.433), (0.5, 0.433), (-0.5, 0.433)])
 SHAPES = {s.name: s for s in [
     Shape("circle", "circles", ((255, _ngon(48)),)),
@@ -62,13 +74,6 @@ SHAPES = {s.name: s for s in [
     Shape("hexagon", "hexagons", ((255, _ngon(6, phase=0)),)),
 ]}
 
-COLORS = {"red": 0, "orange": 30, "yellow": 52, "green": 120, "cyan": 185, "blue": 230, "purple": 270, "magenta": 305}  # name → hue (degrees)
-
-def _lookup(table, kind, name):
-    if name not in table:
-        raise KeyError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {', '.join(table)}")
-    return table[name]
-
 def get_shape(name: str) -> Shape:
     "The registered shape `name`."
     return _lookup(SHAPES, "shape", name)
@@ -77,13 +82,16 @@ def list_shapes() -> list[str]:
     "Names of the registered shapes."
     return list(SHAPES)
 
-def get_color(name: str) -> float:
-    "The hue (degrees) of the registered colour `name`."
-    return _lookup(COLORS, "colour", name)
+# %% ../../nbs/01_data.scenes.ipynb #f1c1cfe4
+COLORS = {"red": 0, "orange": 30, "yellow": 52, "green": 120, "cyan": 185, "blue": 230, "purple": 270, "magenta": 305}  # name → hue (degrees)
 
 def list_colors() -> list[str]:
     "Names of the registered colours."
     return list(COLORS)
+
+def get_color(name: str) -> float:
+    "The hue (degrees) of the registered colour `name`."
+    return _lookup(COLORS, "colour", name)
 
 # %% ../../nbs/01_data.scenes.ipynb #ea454b84
 def check_data_config(cfg: DataConfig) -> DataConfig:
@@ -117,16 +125,14 @@ def check_data_config(cfg: DataConfig) -> DataConfig:
     if not 1 <= cfg.box_decimals <= 6: raise bad("box_decimals", f"must be in 1..6, got {cfg.box_decimals}")
     return cfg
 
-def _lookup_msg(table, kind, name):
-    try: _lookup(table, kind, name)
-    except KeyError as e: return e.args[0]
-
+# %% ../../nbs/01_data.scenes.ipynb #4ead9302
 def categories(cfg: DataConfig | None = None) -> list[dict]:
     "COCO-style category dicts (id, name, supercategory, shape, color) for every shape × colour of `cfg`."
     cfg = cfg or DataConfig()
     return [dict(id=1 + i*len(cfg.colors) + j, name=f"{c} {s}", supercategory=s, shape=s, color=c)
             for i, s in enumerate(cfg.shapes) for j, c in enumerate(cfg.colors)]
 
+# %% ../../nbs/01_data.scenes.ipynb #18e48c21
 def category_id(shape: str, color: str, cfg: DataConfig) -> int:
     "The category id of a shape × colour pair."
     return 1 + cfg.shapes.index(shape)*len(cfg.colors) + cfg.colors.index(color)
@@ -159,6 +165,7 @@ class SceneObject:
     @property
     def center(self) -> tuple[float, float]: return ((self.box[0] + self.box[2])/2, (self.box[1] + self.box[3])/2)
 
+# %% ../../nbs/01_data.scenes.ipynb #d3cdd1ba
 @dataclass
 class Scene:
     "An image with its objects and masks."
@@ -183,6 +190,7 @@ def _smooth_noise(rng, W, H, cells=4):
     a, b, c, d = g[y0][:, x0], g[y0][:, x0 + 1], g[y0 + 1][:, x0], g[y0 + 1][:, x0 + 1]
     return (a*(1-fx) + b*fx)*(1-fy) + (c*(1-fx) + d*fx)*fy
 
+# %% ../../nbs/01_data.scenes.ipynb #7f4172d5
 def _background(rng, W, H, cfg) -> np.ndarray:
     "A float32 (H, W, 3) background in 0..255."
     base = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0, 0.12), rng.uniform(0.45, 0.9)), np.float32)*255
@@ -201,21 +209,7 @@ def _background(rng, W, H, cfg) -> np.ndarray:
         img = np.asarray(pil, np.float32)
     return img
 
-# %% ../../nbs/01_data.scenes.ipynb #711929df
-def _support(polys):
-    pts = np.concatenate([p for f, p in polys if f])
-    return pts.min(0), pts.max(0)
-
-def _iou(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0])); ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw*ih
-    return inter / ((a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - inter)
-
-def _fits(box, boxes, max_overlap):
-    if max_overlap <= 0:  # disjoint with a one-pixel gap
-        return all(box[2] + 1 <= b[0] or b[2] + 1 <= box[0] or box[3] + 1 <= b[1] or b[3] + 1 <= box[1] for b in boxes)
-    return all(_iou(box, b) <= max_overlap for b in boxes)
-
+# %% ../../nbs/01_data.scenes.ipynb #ac815f21
 def _attrs(rng, cfg, L, shape=None, color=None, min_area=0.0):
     "One object's attributes; `min_area` (px²) restricts the size classes and extents to reach it (None if impossible)."
     shape = shape or cfg.shapes[rng.integers(len(cfg.shapes))]
@@ -231,6 +225,22 @@ def _attrs(rng, cfg, L, shape=None, color=None, min_area=0.0):
     return dict(shape=shape, color=color, size=size, extent=float(extent), angle=float(angle), rgb=rgb,
                 area=get_shape(shape).unit_area*extent**2)
 
+# %% ../../nbs/01_data.scenes.ipynb #711929df
+def _support(polys):
+    pts = np.concatenate([p for f, p in polys if f])
+    return pts.min(0), pts.max(0)
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0])); ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw*ih
+    return inter / ((a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - inter)
+
+def _fits(box, boxes, max_overlap):
+    if max_overlap <= 0:  # disjoint with a one-pixel gap
+        return all(box[2] + 1 <= b[0] or b[2] + 1 <= box[0] or box[3] + 1 <= b[1] or b[3] + 1 <= box[1] for b in boxes)
+    return all(_iou(box, b) <= max_overlap for b in boxes)
+
+# %% ../../nbs/01_data.scenes.ipynb #b2783ee0
 def _place(rng, o, W, H, boxes, cfg):
     "A centre for object `o` inside the image, clear of `boxes` (up to 40 tries); adds its polygons, or returns False."
     lo, hi = _support(get_shape(o["shape"]).polygons(0, 0, o["extent"], o["angle"]))
@@ -243,6 +253,7 @@ def _place(rng, o, W, H, boxes, cfg):
             return True
     return False
 
+# %% ../../nbs/01_data.scenes.ipynb #78b886e5
 def _sample_objects(rng, W, H, cfg, n, label):
     "Up to `n` placed objects in drawing order and the index of the designated (largest) one of class `label`, or None."
     L, nc = max(W, H), len(cfg.colors)
@@ -256,10 +267,12 @@ def _sample_objects(rng, W, H, cfg, n, label):
     order = rng.permutation(len(objs))  # drawing (and annotation) order carries no information
     return [objs[k] for k in order], int(np.argmin(order))
 
+# %% ../../nbs/01_data.scenes.ipynb #535f4ac9
 def _margin_ok(areas, margin):
     a = sorted(areas)
     return len(a) < 2 or a[-1] >= margin*a[-2]
 
+# %% ../../nbs/01_data.scenes.ipynb #b11cc99f
 def _render(polys, W, H, ss):
     "Coverage in [0, 1] of one object, as (x0, y0, (h, w) float32 array) clipped to the image."
     lo, hi = _support(polys)
@@ -268,6 +281,26 @@ def _render(polys, W, H, ss):
     im = Image.new("L", ((x1 - x0)*ss, (y1 - y0)*ss), 0); d = ImageDraw.Draw(im)
     for fill, p in polys: d.polygon([((x - x0)*ss, (y - y0)*ss) for x, y in p], fill=fill)
     return x0, y0, np.asarray(im.reduce(ss) if ss > 1 else im, np.float32)/255
+
+# %% ../../nbs/01_data.scenes.ipynb #7b0065c8
+def _draw(img, specs, W, H, cfg):
+    "Render `specs` onto `img` (in place): semantic and instance masks and the `SceneObject`s, or None if one covers no pixel."
+    sem, ins = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    objects = []
+    for k, o in enumerate(specs):
+        x0, y0, cov = _render(o["polys"], W, H, cfg.supersample)
+        h, w = cov.shape
+        reg = img[y0:y0+h, x0:x0+w]
+        reg += (np.array(o["rgb"], np.float32) - reg)*cov[..., None]
+        m = cov >= 0.5
+        if not m.any(): return None
+        cat = category_id(o["shape"], o["color"], cfg)
+        sem[y0:y0+h, x0:x0+w][m], ins[y0:y0+h, x0:x0+w][m] = cat, k + 1
+        ys, xs = np.nonzero(m)
+        box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
+        objects.append(SceneObject(o["shape"], o["color"], o["size"], cat, box, int(m.sum()), round(o["extent"], 3),
+                                   round(o["angle"], 3), o["rgb"]))
+    return sem, ins, objects
 
 # %% ../../nbs/01_data.scenes.ipynb #e3d0caf3
 def generate_scene(seed: int | Sequence[int] | np.random.Generator,  # SeedSequence entropy (e.g. `scene_seed(...)`) or a Generator
@@ -288,27 +321,14 @@ def generate_scene(seed: int | Sequence[int] | np.random.Generator,  # SeedSeque
         if got is None or (len(got[0]) < n and attempt < 100): continue
         specs, main = got
         img = _background(rng, W, H, cfg)
-        sem, ins = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
-        objects = []
-        for k, o in enumerate(specs):
-            x0, y0, cov = _render(o["polys"], W, H, cfg.supersample)
-            h, w = cov.shape
-            reg = img[y0:y0+h, x0:x0+w]
-            reg += (np.array(o["rgb"], np.float32) - reg)*cov[..., None]
-            m = cov >= 0.5
-            if not m.any(): break
-            cat = category_id(o["shape"], o["color"], cfg)
-            sem[y0:y0+h, x0:x0+w][m], ins[y0:y0+h, x0:x0+w][m] = cat, k + 1
-            ys, xs = np.nonzero(m)
-            box = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
-            objects.append(SceneObject(o["shape"], o["color"], o["size"], cat, box, int(m.sum()), round(o["extent"], 3),
-                                       round(o["angle"], 3), o["rgb"]))
-        else:
-            areas = [o.area for o in objects]
-            if int(np.argmax(areas)) != main or not _margin_ok(areas, cfg.largest_margin): continue  # pixels disagree with polygons
-            if cfg.noise > 0: img += rng.normal(0, cfg.noise*255, img.shape).astype(np.float32)
-            image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-            return Scene(seed, W, H, objects, image, sem, ins, main)
+        drawn = _draw(img, specs, W, H, cfg)
+        if drawn is None: continue
+        sem, ins, objects = drawn
+        areas = [o.area for o in objects]
+        if int(np.argmax(areas)) != main or not _margin_ok(areas, cfg.largest_margin): continue  # pixels disagree with polygons
+        if cfg.noise > 0: img += rng.normal(0, cfg.noise*255, img.shape).astype(np.float32)
+        image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return Scene(seed, W, H, objects, image, sem, ins, main)
     raise RuntimeError(f"scene {seed}: no valid scene in 200 draws; relax data.largest_margin ({cfg.largest_margin}), the sizes or max_objects")
 
 # %% ../../nbs/01_data.scenes.ipynb #3f6c7cff

@@ -26,6 +26,7 @@ def box_to_text(box,  # (x1, y1, x2, y2) in pixels of the original image
     v = (box[0]/width, box[1]/height, box[2]/width, box[3]/height)
     return "[" + ", ".join(f"{min(max(float(c), 0.0), 1.0):.{decimals}f}" for c in v) + "]"
 
+# %% ../../nbs/01a_data.tasks.ipynb #98f3c466
 def parse_box(text: str) -> list[float] | None:
     "VE's strict parse of a box answer: a list of exactly 4 numbers in [0, 1], x1 < x2, y1 < y2; else None."
     try: v = ast.literal_eval(text.strip()) if isinstance(text, str) else None
@@ -36,6 +37,7 @@ def parse_box(text: str) -> list[float] | None:
     if not all(0 <= c <= 1 for c in v) or not (v[0] < v[2] and v[1] < v[3]): return None
     return v
 
+# %% ../../nbs/01a_data.tasks.ipynb #ae221dff
 def box_from_text(text: str, width: int, height: int) -> list[float] | None:
     "Pixel xyxy box of a box text on an image of the given size (None if it does not parse)."
     v = parse_box(text)
@@ -60,6 +62,7 @@ class Desc:
         if self.loc: words.append(LOCS[self.loc])
         return " ".join(words)
 
+# %% ../../nbs/01a_data.tasks.ipynb #3d8a4c04
 def _loc_key(o: SceneObject, loc: str) -> float:
     cx, cy = o.center
     return {"left": cx, "right": -cx, "top": cy, "bottom": -cy}[loc]
@@ -72,6 +75,7 @@ def resolve(desc: Desc, scene: Scene, margin: float = 0.12) -> list[int]:
     ks = sorted((_loc_key(scene.objects[i], desc.loc), i) for i in cands)
     return [ks[0][1]] if ks[1][0] - ks[0][0] >= margin*side else cands
 
+# %% ../../nbs/01a_data.tasks.ipynb #907e8da8
 def unique_desc(scene: Scene, i: int, rng: np.random.Generator,
                 exclude: tuple = (),  # attributes that may not be used (the one a question asks about)
                 need_shape: bool = False,  # always name the shape (referring expressions)
@@ -121,6 +125,7 @@ class VQAItem:
     objects: tuple = ()  # indices of the objects the question refers to
     neg_strategy: str = ""  # exist family, 'no' answers: random | adversarial
 
+# %% ../../nbs/01a_data.tasks.ipynb #5b57b0a5
 def _pick_balanced(cands, rng, k):
     "Up to `k` distinct questions: a template uniformly, then an answer uniformly among its available ones, then a question."
     out, seen = [], set()
@@ -137,6 +142,7 @@ def _pick_balanced(cands, rng, k):
         out.append(c); seen.add(c.question)
     return out
 
+# %% ../../nbs/01a_data.tasks.ipynb #693faafd
 def _attribute_qs(scene, rng, cfg):
     qs = []
     tmpl = {"color": "What color is {d}?", "shape": "What shape is {d}?", "size": "What size is {d}?"}
@@ -146,6 +152,7 @@ def _attribute_qs(scene, rng, cfg):
             if d is not None: qs.append(VQAItem(tmpl[a].format(d=d.text()), getattr(o, a), "attribute", f"attr_{a}", "other", (i,)))
     return qs
 
+# %% ../../nbs/01a_data.tasks.ipynb #8c919d4f
 def _count_qs(scene, rng, cfg):
     objs, qs = scene.objects, [VQAItem("How many objects are there?", str(len(scene.objects)), "count", "count_all", "number")]
     by_color, by_shape = "color" in cfg.describe_with, "shape" in cfg.describe_with
@@ -162,6 +169,7 @@ def _count_qs(scene, rng, cfg):
                           "count", "count_color_shape", "number"))
     return qs
 
+# %% ../../nbs/01a_data.tasks.ipynb #f80709a3
 def _exist_qs(scene, rng, cfg, k):
     "k questions alternating yes / no (starting at random); negatives cycle through `cfg.pope_negatives`."
     by_color, by_shape = "color" in cfg.describe_with, "shape" in cfg.describe_with
@@ -190,6 +198,7 @@ def _exist_qs(scene, rng, cfg, k):
         used.add((c, s))
     return out
 
+# %% ../../nbs/01a_data.tasks.ipynb #da7a9ddf
 def _spatial_qs(scene, rng, cfg, k):
     objs, m = scene.objects, cfg.relation_margin
     descs = {i: unique_desc(scene, i, rng, margin=m, attrs=cfg.describe_with) for i in range(len(objs))}
@@ -225,6 +234,7 @@ class RefItem:
     box_text: str  # `box_to_text(box, W, H)`
     desc: Desc  # the structured expression (`resolve(desc, scene) == [obj]`)
 
+# %% ../../nbs/01a_data.tasks.ipynb #8bba0080
 def _refs(scene, rng, cfg):
     out = []
     for i in rng.permutation(len(scene.objects)):
@@ -259,6 +269,7 @@ class SceneTasks:
         return [dict(category_id=o.category_id, bbox_xyxy=list(o.box), area=o.area, shape=o.shape, color=o.color, size=o.size)
                 for o in self.scene.objects]
 
+# %% ../../nbs/01a_data.tasks.ipynb #924839bc
 def scene_to_tasks(scene: Scene, cfg: DataConfig | None = None) -> SceneTasks:
     "Derive classification, detection, VQA and referring-expression labels from a scene (deterministic)."
     cfg = cfg or DataConfig()
@@ -277,6 +288,7 @@ def caption_text(scene: Scene, cfg: DataConfig | None = None) -> str:
     parts = [f"{name(o)} at {box_to_text(o.box, scene.width, scene.height, cfg.box_decimals)}" for o in objs]
     return f"{len(objs)} object{'s' if len(objs) != 1 else ''}: " + ", ".join(parts)
 
+# %% ../../nbs/01a_data.tasks.ipynb #74c09da9
 def to_conversations(tasks: SceneTasks,
                      image: str,  # image path relative to the dataset root (LLaVA's `image` field)
                      id: str,  # record id prefix
