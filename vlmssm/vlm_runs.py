@@ -21,8 +21,8 @@ from .utils import atomic_dir, atomic_write, content_hash, file_sha256, process_
 from .vlm import VLM, token_grid
 
 # %% auto #0
-__all__ = ['llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob', 'split_features', 'build_vlm',
-           'run_job', 'encoder_weights', 'plan_runs', 'train_study']
+__all__ = ['RUN_SECTIONS', 'llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob',
+           'split_features', 'build_vlm', 'run_job', 'run_config', 'encoder_weights', 'plan_runs', 'train_study']
 
 # %% ../nbs/13_vlm_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -175,6 +175,13 @@ def _lm_job(args):
 
 def _pool(n: int): return process_pool(n, initializer=disable_progress_bar)  # workers: no weight-loading bars in the stage log
 
+# %% ../nbs/13_vlm_runs.ipynb #48f5dd43
+RUN_SECTIONS = ("vlm", "train", "eval", "runtime")
+
+def run_config(cfg: StudyConfig) -> dict:
+    "What a run (and the embedded LM) reads of the study config, as a plain dict a worker process rebuilds it from."
+    return {s: to_dict(getattr(cfg, s)) for s in RUN_SECTIONS}
+
 # %% ../nbs/13_vlm_runs.ipynb #55e969f7
 def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
     "Encoder id → weights: the config's `weights:` if set, else `<id>.safetensors` from the pretraining stage's outputs."
@@ -192,7 +199,7 @@ def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
 def plan_runs(cfg: StudyConfig, out_dir, bench_root, lm_path, cache_root, weights: dict[str, str] | None = None,
               device: str = "cpu", blind: bool = True) -> list[RunJob]:
     "One job per encoder × seed, plus the blind baseline per seed."
-    weights, c = weights or {}, to_dict(cfg)
+    weights, c = weights or {}, run_config(cfg)
     encs = [(e.id, weights.get(e.id, e.weights)) for e in cfg.encoders] + ([(None, "")] if blind else [])
     return [RunJob(f"{eid or 'blind'}-s{seed}", eid, w, seed, str(Path(out_dir) / "runs" / f"{eid or 'blind'}-s{seed}"), c,
                    str(bench_root), str(lm_path), str(cache_root), device) for eid, w in encs for seed in cfg.seeds]
@@ -217,7 +224,7 @@ def train_study(cfg: StudyConfig,  # the study
         lm_path = str(build_embedded_lm(records, cfg, out, device=device)); cache_rows = [_cache_job(a) for a in cache_args]
     else:
         with _pool(n) as ex:
-            lm_f = ex.submit(_lm_job, (records, to_dict(cfg), str(out), device, th))
+            lm_f = ex.submit(_lm_job, (records, run_config(cfg), str(out), device, th))
             cache_rows = list(ex.map(_cache_job, cache_args))
             lm_path = lm_f.result()
     if cache_rows is None: cache_rows = [_cache_job(a) for a in cache_args]
