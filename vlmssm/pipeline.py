@@ -9,14 +9,14 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from fastcore.basics import patch
 from .config import StudyConfig, ConfigError, load_config, save_config, to_dict, check_names
-from .utils import atomic_dir, atomic_file, atomic_write, content_hash, did_you_mean, stale_temporaries
+from .utils import atomic_dir, atomic_file, atomic_write, content_hash, did_you_mean, move_into_place, stale_temporaries
 
 # %% auto #0
 __all__ = ['UNKEYED', 'ALWAYS_KEYED', 'repo_root', 'stages_dir', 'Stage', 'read_stage', 'discover_stages', 'select_stages',
            'make_stage', 'notebook_hash', 'stage_key', 'why_run', 'section_of', 'undeclared_reads', 'ConfigReads',
            'recording', 'seed_everything', 'resolve_run_dir', 'StageContext', 'package_versions', 'git_commit',
-           'file_list', 'work_dir', 'clean_stale', 'publish', 'StageFailed', 'execute_stage', 'checked_reads',
-           'run_stage', 'read_manifest', 'publish_figures', 'run_study']
+           'file_list', 'work_dir', 'clean_stale', 'StageFailed', 'execute_stage', 'checked_reads', 'run_stage',
+           'read_manifest', 'publish_figures', 'run_study']
 
 # %% ../nbs/15_pipeline.ipynb #05e41cfe
 def repo_root(start: Path | None = None) -> Path | None:
@@ -342,10 +342,6 @@ def clean_stale(run_dir: Path,  # the study run directory
         log(f"removed stale {p.name}")
     return gone
 
-def publish(work: Path, final: Path):
-    "Put a finished work folder in place of `final` by renames only (`utils.atomic_dir`): the old outputs survive until the new ones are in."
-    with atomic_dir(final) as tmp: os.replace(work, tmp)
-
 # %% ../nbs/15_pipeline.ipynb #3067b017
 class StageFailed(RuntimeError):
     "A stage notebook failed; the message is one line: stage, cell, error."
@@ -398,7 +394,7 @@ def run_stage(stage: Stage, cfg: StudyConfig, run_dir: Path, key: str, parts: di
                     git_commit=git_commit(), host=platform.node(), started=started, seconds=round(time.time() - t0, 2),
                     resumed=resumed, summary=summary, files=file_list(work))
     atomic_write(work/"manifest.json", json.dumps(manifest, indent=2, default=str))
-    publish(work, run_dir/stage.name)
+    move_into_place(work, run_dir/stage.name)
     return manifest
 
 # %% ../nbs/15_pipeline.ipynb #06de98d9

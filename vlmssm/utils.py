@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['OFFLINE_VARS', 'atomic_write', 'atomic_file', 'write_csv', 'atomic_dir', 'stale_temporaries',
+__all__ = ['OFFLINE_VARS', 'atomic_write', 'atomic_file', 'write_csv', 'atomic_dir', 'move_into_place', 'stale_temporaries',
            'remove_stale_temporaries', 'content_hash', 'file_sha256', 'close_matches', 'did_you_mean', 'is_offline',
            'process_pool']
 
@@ -69,6 +69,14 @@ def atomic_dir(dest,  # the folder to create or replace
         old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
         os.replace(dest, old / dest.name); os.replace(tmp, dest); shutil.rmtree(old)
     finally: shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/00_utils.ipynb #307da764
+def move_into_place(src,  # a complete folder (same filesystem as `dest`)
+                    dest,  # where it goes; an existing folder there is replaced
+                   ) -> Path:
+    "Move folder `src` to `dest` by renames only: readers see the old `dest` or the new one, never a mix."
+    with atomic_dir(dest) as tmp: os.replace(src, tmp)
+    return Path(dest)
 
 # %% ../nbs/00_utils.ipynb #be7609e8
 def stale_temporaries(folder,  # where to look (not recursive)

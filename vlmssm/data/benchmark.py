@@ -23,7 +23,7 @@ from .formats import (DataFormatError, read_cls_index, read_coco, read_json, rea
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'image_id', 'write_benchmark', 'Benchmark', 'load_benchmark', 'tree_hash', 'vqa_table',
            'answer_distribution', 'vqa_baselines', 'ref_table', 'ref_baselines', 'scene_statistics', 'show_samples',
-           'plot_answer_distribution', 'summarize_real']
+           'plot_answer_distribution', 'summarize_real', 'DataStudy', 'data_study']
 
 # %% ../../nbs/01c_data.benchmark.ipynb #8c88602d
 FORMAT, VERSION = "vlmssm-scenes", 1
@@ -348,3 +348,49 @@ def summarize_real(cfg: DataConfig) -> tuple[dict, pd.DataFrame]:
     counts = dict(llava_records=len(llava), llava_with_image=sum(r.image is not None for r in llava), vqa_questions=len(vqa),
                   ref_sentences=len(refs), ref_splits=dict(Counter(r.split for r in refs)))
     return counts, answer_distribution(df) if len(df) else df
+
+# %% ../../nbs/01c_data.benchmark.ipynb #a6d1e6a2
+@dataclass
+class DataStudy:
+    "What stage 00_data reports: tidy tables (name → DataFrame), figures (name → Figure) and the manifest summary."
+    tables: dict
+    figures: dict
+    summary: dict
+    bench: "Benchmark | None" = None
+
+def _test_baselines(base: pd.DataFrame) -> dict:
+    "Per VQA family on `test`: questions, top answer share, majority and blind-question accuracy."
+    if "test" not in set(base["split"]): return {}
+    t = base[base["split"] == "test"].set_index(["family", "qtype"])
+    return {f: dict(n=int(t.loc[(f, "all"), "n"]), top_share=round(float(t.loc[(f, "all"), "top_share"]), 4),
+                    majority_acc=round(float(t.loc[(f, "all"), "majority_acc"]), 4),
+                    blind_question_acc=round(float(t.loc[(f, "all"), "blind_question_acc"]), 4))
+            for f in t.index.get_level_values(0).unique()}
+
+# %% ../../nbs/01c_data.benchmark.ipynb #093aec44
+def data_study(cfg,  # the study (`StudyConfig`: reads `data`, and `eval.iou` for the grounding baseline)
+               out_dir,  # the stage's output folder (the benchmark goes to `scenes/`)
+               seed: int = 0,  # which sample scenes the figure shows
+               log=print, progress: bool = True) -> DataStudy:
+    "Stage 00_data: generate (or validate) the data and compute its tables, figures and summary."
+    d = cfg.data
+    if d.source == "real":
+        counts, rdist = summarize_real(d)
+        log(f"real data: {counts}")
+        return DataStudy({"answer_distribution": rdist} if len(rdist) else {}, {}, dict(source="real", **counts))
+    t0 = time.perf_counter()
+    bench = write_benchmark(d, Path(out_dir)/"scenes", overwrite=True, progress=progress)
+    gen_s, digest = time.perf_counter() - t0, tree_hash(Path(out_dir)/"scenes")
+    log(f"wrote {sum(bench.count(s) for s in SPLITS)} scenes in {gen_s:.1f}s; tree sha256 {digest[:16]}…")
+    vq = {s: vqa_table(bench, s) for s in SPLITS if bench.count(s)}
+    dist = answer_distribution(pd.concat(vq.values(), ignore_index=True))
+    base = pd.concat([vqa_baselines(vq["train"], vq[s]) for s in ("val", "test") if s in vq], ignore_index=True)
+    rt = {s: ref_table(bench, s) for s in SPLITS if bench.count(s, "refs")}
+    rbase = pd.concat([ref_baselines(rt["train"], rt[s], cfg.eval.iou) for s in ("val", "test") if s in rt and "train" in rt], ignore_index=True)
+    tables = dict(answer_distribution=dist, vqa_baselines=base, ref_baselines=rbase, scene_statistics=scene_statistics(bench))
+    show = "test" if bench.count("test") else "train"
+    figures = dict(samples=show_samples(bench, show, n=4, seed=seed), answer_distribution=plot_answer_distribution(dist, "test" if "test" in vq else "train"))
+    ref_test = rbase[rbase["split"] == "test"].drop(columns="split").round(4).to_dict("records")[0] if "test" in set(rbase.get("split", [])) else {}
+    summary = dict(source="scenes", benchmark="scenes", tree_sha256=digest, generation_seconds=round(gen_s, 2), counts=bench.meta["counts"],
+                   n_classes=len(bench.classes), image_sizes=d.image_sizes, vqa_test_baselines=_test_baselines(base), ref_test_baselines=ref_test)
+    return DataStudy(tables, figures, summary, bench)
