@@ -164,7 +164,9 @@ def _ws(name, shape, dtype, device):
     n = math.prod(shape)
     bufs = _WS.__dict__.setdefault("bufs", {})
     buf = bufs.get((name, dtype))
-    if buf is None or buf.numel() < n: buf = bufs[(name, dtype)] = torch.empty(max(n, 1), dtype=dtype)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):   # a normal tensor: usable in and out of inference mode (an inference one is not)
+            buf = bufs[(name, dtype)] = torch.empty(max(n, 1), dtype=dtype)
     return buf[:n].view(shape)
 
 def free_scan_workspace():
