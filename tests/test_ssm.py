@@ -265,3 +265,20 @@ def test_n1_forward_edge_cases(monkeypatch):
     r, rl = selective_scan_ref(**{k: (v.double() if v is not None else None) for k, v in x.items()}, return_last_state=True)
     assert exact and torch.isfinite(o).all()
     close(o, r, 1e-5); close(l, rl, 1e-5)
+
+
+# ---------------------------------------------------------------- workspace vs inference mode
+@pytest.mark.parametrize("name", ["vmamba_test", "mambavision_pico", "vim_pico"])
+def test_workspace_survives_inference_mode(name):
+    "An inference_mode forward first (it creates the CPU workspace), then training forward+backward, then no_grad: all run."
+    import timm
+    import vlmssm.backbones.mambavision, vlmssm.backbones.vim, vlmssm.backbones.vmamba  # noqa: F401
+    ssm.free_scan_workspace()
+    torch.manual_seed(0)
+    m, x = timm.create_model(name, num_classes=3), torch.randn(1, 3, 64, 64)
+    with torch.inference_mode(): y0 = m.eval()(x)
+    m.train()(x).sum().backward()
+    assert m.get_classifier().weight.grad is not None
+    with torch.no_grad(): y1 = m.eval()(x)
+    assert y1.shape == y0.shape and torch.isfinite(y1).all()
+    ssm.free_scan_workspace()

@@ -8,6 +8,7 @@ import vlmssm.ssm_cross as ssm_cross
 from vlmssm.ssm import selective_scan_ref
 from vlmssm.ssm_cross import SS2D, parse_forward_type
 from vlmssm.backbones.core import WeightsError
+import vlmssm.backbones.vmamba as vm
 from vlmssm.backbones.vmamba import (VSSM, VMambaWeightsUnavailable, checkpoint_filter_fn, feature_to_tokens,
                                      load_vmamba_checkpoint)
 from _ckptfix import check_load_pretrained
@@ -76,11 +77,12 @@ def test_release_keys_shapes_and_param_counts(name):
     d, depths, ratio, N, v0, params = OFFICIAL[name]
     m = meta_model(name)
     expected = release_keys(d, depths, ratio, N, v0)
-    got = {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith("outnorm")}
-    assert got == expected
+    got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert got == expected                                                        # the classification form: release keys only
     assert sum(math.prod(s) for s in expected.values()) == params                 # the spec table is self-consistent
-    assert sum(p.numel() for k, p in m.named_parameters() if not k.startswith("outnorm")) == params
-    assert {k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith("outnorm")} == \
+    assert sum(p.numel() for p in m.parameters()) == params
+    bb = meta_model(name, out_norms=(0, 1, 2, 3))                                # the authors' dense Backbone_VSSM form
+    assert {k: tuple(v.shape) for k, v in bb.state_dict().items() if k.startswith("outnorm")} == \
         {f"outnorm{i}.{p}": (d * 2 ** i,) for i in range(4) for p in ("weight", "bias")}
 
 def test_small_s2l15_matches_the_402_tensor_list():
@@ -136,7 +138,7 @@ def randomized(name="vmamba_test", seed=0, **kw):
 X = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(1))
 
 def test_forward_tap_equals_blocks_then_outnorm():
-    m = randomized()
+    m = randomized(out_norms=(0, 1, 2, 3))
     with torch.no_grad():
         for i in range(4): getattr(m, f"outnorm{i}").weight.normal_()
         x = m.patch_embed(X)
@@ -216,6 +218,28 @@ def test_backends_and_forward_types():
     assert parse_forward_type("v05_noz").z is False and parse_forward_type("v0").z is True
     with pytest.raises(TypeError, match="depht"): VSSM(depht=(1, 1, 1, 1))
 
+def test_classification_form_tap_is_the_untrained_outnorm():
+    "Without carried outnorms the tap applies what an identity-initialised outnorm applies (stage 4: classifier.norm), bit for bit."
+    m = randomized()
+    bb = timm.create_model("vmamba_test", out_norms=(0, 1, 2, 3)).eval()
+    assert bb.load_state_dict(m.state_dict(), strict=False).missing_keys == [f"outnorm{i}.{p}" for i in range(4) for p in ("weight", "bias")]
+    with torch.no_grad():
+        bb.outnorm3.load_state_dict(m.classifier.norm.state_dict())             # what the checkpoint filter fills
+        for stage in (1, 2, 3, 4):
+            torch.testing.assert_close(m.forward_tap(X, stage), bb.forward_tap(X, stage), rtol=0, atol=0)
+        h = m.forward_intermediates(X, indices=[2], intermediates_only=True)[0]
+        expect = F.layer_norm(h.permute(0, 2, 3, 1), (64,), eps=1e-5).permute(0, 3, 1, 2)
+        torch.testing.assert_close(m.forward_tap(X, 3), expect, rtol=0, atol=0)   # an untrained LN is not the identity
+
+def test_global_pool_empty_means_no_pooling():
+    m = randomized(num_classes=0, global_pool="")
+    with torch.no_grad():
+        f = m.forward_features(X)
+        torch.testing.assert_close(m(X), m.classifier.norm(f), rtol=0, atol=0)    # normed, unpooled map
+        m.reset_classifier(3, "avg"); assert m(X).shape == (2, 3)
+        m.reset_classifier(0, ""); assert m(X).shape == f.shape
+    with pytest.raises(ValueError, match="global_pool='avg' or ''"): m.reset_classifier(0, "max")
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Checkpoints
 def official_state(m):
@@ -225,8 +249,16 @@ def official_state(m):
 def assert_same_outputs(a, b, x=X):
     with torch.no_grad(): torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
 
+def test_release_file_loads_strict_into_the_classifier():
+    "An official classification state dict (training-code layout) is exactly the default model's: strict load_state_dict."
+    src = randomized(seed=0)
+    dst = VSSM(dims=16, depths=(1, 1, 2, 1), ssm_ratio=1.0, **vm._V2).eval()     # the official constructor kwargs
+    dst.load_state_dict(official_state(src), strict=True)
+    assert_same_outputs(src, dst)
+    assert checkpoint_filter_fn({"model": official_state(src)}, dst).keys() == dst.state_dict().keys()
+
 def test_release_layout_round_trip():
-    src, dst = randomized(seed=0), randomized(seed=1)
+    src, dst = randomized(seed=0), randomized(seed=1, out_norms=(0, 1, 2, 3))
     rep = load_vmamba_checkpoint(dst, {"model": official_state(src), "optimizer": {}, "epoch": 3})
     assert_same_outputs(src, dst)
     assert set(rep.filled) == {f"outnorm{i}.{p}" for i in range(4) for p in ("weight", "bias")}
@@ -267,7 +299,7 @@ def test_legacy_v0_names():
     assert_same_outputs(src, dst2)
 
 def test_mmdet_checkpoint_with_trained_outnorm():
-    src, dst = randomized(seed=0), randomized(seed=1, num_classes=0)
+    src, dst = randomized(seed=0), randomized(seed=1, num_classes=0, out_norms=(0, 1, 2, 3))
     w, b = torch.rand(64) + 0.5, torch.randn(64)
     bb = {k: v for k, v in official_state(src).items() if not k.startswith("classifier")}
     ckpt = {"meta": {"epoch": 12}, "state_dict": {**{"backbone." + k: v for k, v in bb.items()},
@@ -281,6 +313,7 @@ def test_mmdet_checkpoint_with_trained_outnorm():
         expect = F.layer_norm(stage3.permute(0, 2, 3, 1), (64,), w, b, 1e-5).permute(0, 3, 1, 2)
         torch.testing.assert_close(dst.forward_tap(X, 3), expect, rtol=1e-5, atol=1e-5)
     assert checkpoint_filter_fn(ckpt, dst)["outnorm2.weight"] is w                   # pure function, usable by timm
+    dst.load_state_dict(checkpoint_filter_fn(ckpt, dst), strict=True)               # strict into the backbone form
 
 def test_mismatched_checkpoint_is_one_clear_line():
     small = official_state(meta_model("vmamba_test", ssm_ratio=2.0))

@@ -8,6 +8,7 @@ import difflib, functools, math, threading
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from timm.layers import register_notrace_function
 
 # %% auto #0
 __all__ = ['BLOCK_ELEMS', 'SCAN_BACKENDS', 'selective_scan_ref', 'ScanInputError', 'free_scan_workspace', 'SelectiveScanFn',
@@ -164,7 +165,9 @@ def _ws(name, shape, dtype, device):
     n = math.prod(shape)
     bufs = _WS.__dict__.setdefault("bufs", {})
     buf = bufs.get((name, dtype))
-    if buf is None or buf.numel() < n: buf = bufs[(name, dtype)] = torch.empty(max(n, 1), dtype=dtype)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):   # a normal tensor: usable in and out of inference mode (an inference one is not)
+            buf = bufs[(name, dtype)] = torch.empty(max(n, 1), dtype=dtype)
     return buf[:n].view(shape)
 
 def free_scan_workspace():
@@ -424,6 +427,7 @@ def get_scan_backend(name: str,  # a name from `list_scan_backends()`
     return _BACKEND_FNS[name]
 
 # %% ../nbs/03_ssm.ipynb #43a09a80
+@register_notrace_function   # an FX leaf: traced models call it as one node (its Python control flow stays untraced)
 def selective_scan(u,                       # (batch, dim, L) input
                    delta,                   # (batch, dim, L) step sizes (before `delta_bias` and softplus)
                    A,                       # (dim, N) real, usually negative: the diagonal state matrix of each channel

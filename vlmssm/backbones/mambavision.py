@@ -24,7 +24,8 @@ from .vmamba import _take_indices  # timm's feature-index rule, one copy for the
 __all__ = ['default_cfgs', 'PretrainedUnavailableError', 'build_with_weights_hint', 'window_partition', 'window_reverse',
            'PatchEmbed', 'ConvBlock', 'Downsample', 'MambaVisionMixer', 'Attention', 'Block', 'attention_blocks',
            'MambaVisionLayer', 'MambaVision', 'checkpoint_filter_fn', 'mamba_vision_T', 'mamba_vision_T2',
-           'mamba_vision_S', 'mamba_vision_B', 'mamba_vision_L', 'mamba_vision_L2', 'mambavision_pico']
+           'mamba_vision_S', 'mamba_vision_B', 'mamba_vision_L', 'mamba_vision_L2', 'mambavision_pico',
+           'mamba_vision_test']
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #4c2685a6
 from .core import WeightsError, load_checkpoint_into, unwrap_state_dict
@@ -402,6 +403,7 @@ default_cfgs = generate_default_cfgs({
     "mamba_vision_L.in1k": _cfg("nvidia/MambaVision-L-1K", "mambavision_large_1k.pth.tar", crop_pct=1.0),
     "mamba_vision_L2.in1k": _cfg("nvidia/MambaVision-L2-1K", "mambavision_large2_1k.pth.tar", crop_pct=1.0),
     "mambavision_pico": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, license="apache-2.0"),
+    "mamba_vision_test": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, license="apache-2.0"),
 })
 
 def _create_mambavision(variant, pretrained=False, **kwargs):
@@ -449,3 +451,10 @@ def mambavision_pico(pretrained=False, **kwargs) -> MambaVision:
     args = dict(dim=16, in_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=(8, 8, 4, 2), mlp_ratio=4,
                 drop_path_rate=0.0)
     return _create_mambavision("mambavision_pico", pretrained, **dict(args, **kwargs))
+
+@register_model
+def mamba_vision_test(pretrained=False, **kwargs) -> MambaVision:
+    "Tiny MambaVision for tests (as timm's `test_*` models): one mixer and one attention block per hybrid stage."
+    args = dict(dim=8, in_dim=8, depths=(1, 1, 2, 2), num_heads=(1, 1, 2, 2), window_size=(8, 8, 4, 2), mlp_ratio=2,
+                drop_path_rate=0.0)
+    return _create_mambavision("mamba_vision_test", pretrained, **dict(args, **kwargs))

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, lecun_normal_, register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
@@ -20,8 +20,8 @@ from ..ssm import get_scan_backend, selective_scan
 from .mambavision import _take_indices, build_with_weights_hint
 
 # %% auto #0
-__all__ = ['default_cfgs', 'BiMamba', 'Block', 'PatchEmbed', 'VisionMamba', 'checkpoint_filter_fn', 'vim_tiny',
-           'vim_tiny_stride8', 'vim_small', 'vim_small_stride8', 'vim_base', 'vim_pico']
+__all__ = ['default_cfgs', 'BiMamba', 'Block', 'check_img_size', 'PatchEmbed', 'VisionMamba', 'checkpoint_filter_fn', 'vim_tiny',
+           'vim_tiny_stride8', 'vim_small', 'vim_small_stride8', 'vim_base', 'vim_pico', 'vim_test']
 
 # %% ../../nbs/04c_backbones.vim.ipynb #64573bc1
 class BiMamba(nn.Module):
@@ -89,6 +89,14 @@ class Block(nn.Module):
         if self.residual_in_fp32: residual = residual.to(torch.float32)
         return self.mixer(hidden_states), residual
 
+@register_notrace_function
+def check_img_size(x, img_size: tuple):
+    "`x` unchanged if its (H, W) is `img_size`, else a one-line error (an FX leaf: no traced branch on the shape)."
+    if tuple(x.shape[-2:]) != img_size:
+        raise ValueError(f"input size {tuple(x.shape[-2:])} != model img_size {img_size} (Vim has a fixed-size "
+                         f"position embedding; create the model with img_size=... to resample it)")
+    return x
+
 class PatchEmbed(nn.Module):
     "Image → (B, gh·gw, D) patch tokens (row-major) with a Conv2d of kernel `patch_size` and `stride`."
     def __init__(self, img_size=224, patch_size=16, stride=16, in_chans=3, embed_dim=768):
@@ -99,11 +107,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
         self.norm = nn.Identity()
 
-    def forward(self, x):
-        if tuple(x.shape[-2:]) != self.img_size:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} != model img_size {self.img_size} (Vim has a fixed-size "
-                             f"position embedding; create the model with img_size=... to resample it)")
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
+    def forward(self, x): return self.norm(self.proj(check_img_size(x, self.img_size)).flatten(2).transpose(1, 2))
 
 # %% ../../nbs/04c_backbones.vim.ipynb #11a20e7c
 class VisionMamba(nn.Module):
@@ -309,6 +313,7 @@ default_cfgs = generate_default_cfgs({
     "vim_small_stride8.in1k": _cfg("hustvl/Vim-small-midclstok", "vim_s_midclstok_ft_81p6acc.pth"),
     "vim_base.in1k": _cfg("hustvl/Vim-base-midclstok", "vim_b_midclstok_81p9acc.pth"),
     "vim_pico": _cfg(input_size=(3, 64, 64), crop_pct=1.0),
+    "vim_test": _cfg(input_size=(3, 32, 32), crop_pct=1.0),
 })
 
 def _create_vim(variant, pretrained=False, **kwargs):
@@ -339,3 +344,8 @@ def vim_base(pretrained=False, **kwargs) -> VisionMamba:
 def vim_pico(pretrained=False, **kwargs) -> VisionMamba:
     "CPU-study variant: D=64, 6 blocks, d_state 8, patch 8 at 64 px (64 patch tokens)."
     return _create_vim("vim_pico", pretrained, **dict(dict(embed_dim=64, depth=6, d_state=8, patch_size=8, stride=8), **kwargs))
+
+@register_model
+def vim_test(pretrained=False, **kwargs) -> VisionMamba:
+    "Tiny Vim for tests (as timm's `test_*` models): D=16, 2 blocks, d_state 4, patch 8 at 32 px (16 tokens)."
+    return _create_vim("vim_test", pretrained, **dict(dict(embed_dim=16, depth=2, d_state=4, patch_size=8, stride=8, img_size=32), **kwargs))

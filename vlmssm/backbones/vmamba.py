@@ -15,15 +15,15 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from ..ssm_cross import ACTS, SS2D, Linear2d, ln2d, pick
 
 # %% auto #0
-__all__ = ['default_cfgs', 'Mlp', 'PatchMerging2D', 'make_stem', 'make_downsample', 'VSSBlock', 'VSSM', 'feature_to_tokens',
-           'CheckpointReport', 'convert_state_dict', 'checkpoint_filter_fn', 'load_vmamba_checkpoint',
-           'VMambaWeightsUnavailable', 'vmamba_tiny_s1l8', 'vmamba_tiny_s2l5', 'vmamba_small_s2l15',
-           'vmamba_base_s2l15', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_vanilla',
+__all__ = ['default_cfgs', 'Mlp', 'pad_to_even', 'PatchMerging2D', 'make_stem', 'make_downsample', 'VSSBlock', 'resize_pos_embed',
+           'VSSM', 'fresh_norm', 'feature_to_tokens', 'CheckpointReport', 'convert_state_dict', 'checkpoint_filter_fn',
+           'load_vmamba_checkpoint', 'VMambaWeightsUnavailable', 'vmamba_tiny_s1l8', 'vmamba_tiny_s2l5',
+           'vmamba_small_s2l15', 'vmamba_base_s2l15', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_vanilla',
            'vmamba_small_vanilla', 'vmamba_base_vanilla', 'vmamba_pico', 'vmamba_test', 'vmamba_test_vanilla']
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #6152e5ee
@@ -42,14 +42,19 @@ class Mlp(nn.Module):
             return self.drop(self.fc2(x * self.act(z)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+@register_notrace_function
+def pad_to_even(x):
+    "Pad an NCHW map by one row/column at the bottom/right where its height/width is odd (FX leaf)."
+    H, W = x.shape[-2:]
+    return F.pad(x, (0, W % 2, 0, H % 2)) if H % 2 or W % 2 else x
+
 class PatchMerging2D(nn.Module):
     "Swin patch merging: 2×2 neighbours to channels, norm, linear (v1 downsample; pads odd sizes bottom/right)."
     def __init__(self, dim: int, out_dim: int, norm_layer=nn.LayerNorm):
         super().__init__()
         self.reduction, self.norm = Linear2d(4 * dim, out_dim, bias=False), norm_layer(4 * dim)
     def forward(self, x):
-        H, W = x.shape[-2:]
-        if H % 2 or W % 2: x = F.pad(x, (0, W % 2, 0, H % 2))
+        x = pad_to_even(x)
         x = torch.cat([x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1)
         return self.reduction(self.norm(x))
 
@@ -96,6 +101,18 @@ class VSSBlock(nn.Module):
         if self.use_checkpoint and torch.is_grad_enabled(): return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
+def _check_pool(global_pool):
+    "timm's `global_pool` for VSSM: 'avg' (None means 'avg'), or '' for no pooling."
+    if global_pool is None: return "avg"
+    if global_pool not in ("avg", ""): raise ValueError(f"VSSM supports global_pool='avg' or '', got {global_pool!r}")
+    return global_pool
+
+@register_notrace_function
+def resize_pos_embed(pe, x):
+    "The (1, C, h, w) position map `pe` resized bicubically to `x`'s grid where it differs (FX leaf)."
+    if pe.shape[-2:] == x.shape[-2:]: return pe
+    return F.interpolate(pe, size=x.shape[-2:], mode="bicubic", align_corners=False)
+
 class VSSM(nn.Module):
     "VMamba classifier/backbone with the official hyper-parameters and the released checkpoints' parameter layout."
     def __init__(self,
@@ -111,15 +128,17 @@ class VSSM(nn.Module):
                  downsample_version: str = "v2", patchembed_version: str = "v1",
                  use_checkpoint: bool = False, # gradient checkpointing per block
                  posembed: bool = False, imgsize: int = 224,
-                 global_pool: str = "avg",     # timm: only average pooling
+                 global_pool: str = "avg",     # timm: "avg", or "" for no pooling (the head returns the normed map)
                  ssm_backend: str = "auto",    # selective-scan backend of every SS2D
+                 out_norms=(),                 # stages with an `outnorm{i}` (the authors' dense backbone: (0, 1, 2, 3))
                 ):
         super().__init__()
-        if global_pool not in ("avg", None): raise ValueError(f"VSSM supports global_pool='avg' only, got {global_pool!r}")
+        global_pool = _check_pool(global_pool)
         n = len(depths)
         dims = [int(dims * 2 ** i) for i in range(n)] if isinstance(dims, int) else [int(d) for d in dims]
         if len(dims) != n: raise ValueError(f"dims {dims} and depths {list(depths)} differ in length")
         norm = pick(_NORMS, norm_layer, "norm_layer")
+        self.norm_kind = "bn" if norm_layer.lower() == "bn" else "ln"
         self.channel_first = norm_layer.lower() in ("ln2d", "bn")   # the official layout flag (NCHW is used throughout here)
         self.num_classes, self.dims, self.depths, self.patch_size = num_classes, dims, list(depths), patch_size
         self.num_features = self.head_hidden_size = dims[-1]
@@ -140,10 +159,13 @@ class VSSM(nn.Module):
             self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=down)))
             self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"layers.{i}.blocks"))
         self.classifier = nn.Sequential(OrderedDict(
-            norm=norm(dims[-1]), permute=nn.Identity(), avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1),
+            norm=norm(dims[-1]), permute=nn.Identity(), avgpool=nn.Identity(), flatten=nn.Identity(),
             head=nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()))
+        self._set_pool(global_pool)
         self.apply(self._init_weights)
-        for i, d in enumerate(dims): self.add_module(f"outnorm{i}", norm(d))  # after init, as Backbone_VSSM
+        self.out_norms = sorted({i + n if i < 0 else i for i in out_norms})
+        if not all(0 <= i < n for i in self.out_norms): raise ValueError(f"out_norms {list(out_norms)} out of range for {n} stages")
+        for i in self.out_norms: self.add_module(f"outnorm{i}", norm(dims[i]))  # after init, as Backbone_VSSM
 
     @staticmethod
     def _init_weights(m):
@@ -180,8 +202,14 @@ class VSSM(nn.Module):
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module: return self.classifier.head
 
+    def _set_pool(self, global_pool: str):
+        "Average pooling + flatten for 'avg', none for '' (parameter-free modules: the state dict is the same)."
+        self.global_pool = global_pool
+        self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
+        self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool not in ("avg", None): raise ValueError(f"VSSM supports global_pool='avg' only, got {global_pool!r}")
+        if global_pool is not None: self._set_pool(_check_pool(global_pool))
         self.num_classes = num_classes
         head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0: self._init_weights(head)
@@ -189,10 +217,7 @@ class VSSM(nn.Module):
 
     def _embed(self, x):
         x = self.patch_embed(x)
-        if self.pos_embed is not None:
-            pe = self.pos_embed
-            if pe.shape[-2:] != x.shape[-2:]: pe = F.interpolate(pe, size=x.shape[-2:], mode="bicubic", align_corners=False)
-            x = x + pe
+        if self.pos_embed is not None: x = x + resize_pos_embed(self.pos_embed, x)
         return x
 
     def forward_features(self, x):
@@ -229,6 +254,22 @@ def tap_index(self: VSSM, stage: int, layer: int | None = None) -> tuple[int, in
     if not 0 <= j < depth: raise ValueError(f"layer {layer} out of range for stage {stage} with {depth} blocks (0..{depth - 1} or negative)")
     return stage - 1, j
 
+def fresh_norm(kind: str, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+    "An untrained channel norm of NCHW `x` (weight 1, bias 0; BN with fresh statistics), without parameters."
+    C = x.shape[1]
+    if kind == "bn": return F.batch_norm(x, x.new_zeros(C), x.new_ones(C), training=training, eps=1e-5)
+    return F.layer_norm(x.permute(0, 2, 3, 1), (C,), eps=1e-5).permute(0, 3, 1, 2)
+
+@patch
+def tap_norm(self: VSSM, i: int,     # 0-based stage
+             x: torch.Tensor,        # (B, dims[i], h, w) that stage's block output
+            ) -> torch.Tensor:
+    "The authors' tap norm of stage `i`: `outnorm{i}` if carried, else `classifier.norm` (last stage) or a fresh norm."
+    m = getattr(self, f"outnorm{i}", None)
+    if m is not None: return m(x)
+    if i == len(self.dims) - 1 and not isinstance(self.classifier.norm, nn.Identity): return self.classifier.norm(x)
+    return fresh_norm(self.norm_kind, x, self.training)
+
 @patch
 def forward_tap(self: VSSM, x: torch.Tensor, # (B, in_chans, H, W) images
                 stage: int,                  # 1-based stage, as in the paper ("stage 3")
@@ -239,7 +280,7 @@ def forward_tap(self: VSSM, x: torch.Tensor, # (B, in_chans, H, W) images
     x = self._embed(x)
     for layer_ in self.layers[:si]: x = layer_(x)
     for blk in self.layers[si].blocks[:j + 1]: x = blk(x)
-    return getattr(self, f"outnorm{si}")(x)
+    return self.tap_norm(si, x)
 
 @patch
 def tap_grid(self: VSSM, img_size: tuple[int, int], # (H, W) of the input image
@@ -274,7 +315,7 @@ def forward_intermediates(self: VSSM, x: torch.Tensor,
     x, out = self._embed(x), []
     for i, layer in enumerate(self.layers[:last + 1] if stop_early else self.layers):
         y = layer.blocks(x)
-        if i in take: out.append(getattr(self, f"outnorm{i}")(y) if norm else y)
+        if i in take: out.append(self.tap_norm(i, y) if norm else y)
         x = layer.downsample(y)
     if output_fmt == "NHWC": out = [y.permute(0, 2, 3, 1) for y in out]
     return out if intermediates_only else (x, out)
@@ -288,6 +329,7 @@ def prune_intermediate_layers(self: VSSM, indices=1, prune_norm: bool = False, p
         self.layers[last].downsample = nn.Identity()
         for i in range(last + 1, len(self.dims)):
             if hasattr(self, f"outnorm{i}"): delattr(self, f"outnorm{i}")
+        self.out_norms = [i for i in self.out_norms if i <= last]
         self.num_features = self.head_hidden_size = self.dims[last]
         prune_norm = prune_head = True                  # the classifier was sized for the last stage
     if prune_norm: self.classifier.norm = nn.Identity()
@@ -424,7 +466,11 @@ default_cfgs = generate_default_cfgs({
 class VMambaWeightsUnavailable(RuntimeError):
     "Pretrained weights could not be fetched or found (one-line message)."
 
+_DENSE_TAGS = ("coco_maskrcnn_1x", "ade20k_upernet_160k")   # weights of the authors' dense `Backbone_VSSM`
+
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VSSM:
+    if isinstance(kwargs.get("pretrained_cfg"), str) and kwargs["pretrained_cfg"] in _DENSE_TAGS:
+        kwargs.setdefault("out_norms", (0, 1, 2, 3))
     try:
         return build_model_with_cfg(VSSM, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                     feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)

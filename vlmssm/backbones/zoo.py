@@ -293,7 +293,8 @@ def _ssm(id, family, variant, pretraining, source, module, make_tap, tap, **kw):
     return EncoderSpec(id, family, variant, pretraining, source, timm_build, make_tap, tap=tap, requires=f"vlmssm.backbones.{module}",
                        weights=kw.pop("weights", ""), **kw)
 
-_VM = dict(module="vmamba", make_tap=vmamba_tap, tap="stage 3", sized=False, crop_pct=224 / 256, probe=(64, 64))
+_VM_BACKBONE = dict(out_norms=(0, 1, 2, 3))   # the authors' Backbone_VSSM form: the taps read outnorm{i}
+_VM = dict(module="vmamba", make_tap=vmamba_tap, tap="stage 3", sized=False, crop_pct=224 / 256, probe=(64, 64), kwargs=_VM_BACKBONE)
 _MV = dict(module="mambavision", make_tap=mambavision_tap, tap="stage 3", sized=False)
 SSM_SPECS = [
     *[_ssm(f"vmamba-{v}-in1k-224-s3", "VMamba", v.upper(), "IN1K cls", f"vmamba_{n}.in1k", **_VM) for v, n in [("t", "tiny_s1l8"), ("s", "small_s2l15"), ("b", "base_s2l15")]],
@@ -305,7 +306,7 @@ SSM_SPECS = [
     *[_ssm(f"mambavision-{v.lower()}-in1k-224-s3", "MambaVision", v, "IN1K cls", f"mamba_vision_{v}.in1k", **_MV) for v in ["T", "T2", "S", "B", "L", "L2"]],
     *[_ssm(f"vim-{v}-in1k-224", "Vim", v.upper(), "IN1K cls", f"vim_{n}.in1k", "vim", vim_tap, "layer -2", crop_pct=None, resize_mode="short-crop", dynamic=False)
       for v, n in [("t", "tiny"), ("s", "small"), ("b", "base")]],
-    _ssm("vmamba-pico", "VMamba", "pico", source="vmamba_pico", kwargs=dict(num_classes=0), **_VM, **_P64),
+    _ssm("vmamba-pico", "VMamba", "pico", source="vmamba_pico", **{**_VM, "kwargs": dict(_VM_BACKBONE, num_classes=0)}, **_P64),
     _ssm("mambavision-pico", "MambaVision", "pico", source="mambavision_pico", kwargs=dict(num_classes=0), **_MV, **_P64),
     _ssm("vim-pico", "Vim", "pico", source="vim_pico", module="vim", make_tap=vim_tap, tap="layer -2", resize_mode="short-crop", dynamic=False,
          kwargs=dict(num_classes=0, patch_size=16, stride=16), **_P64),
