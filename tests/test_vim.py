@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vlmssm.backbones import mambavision as mv
 from vlmssm.backbones.core import WeightsError
-from _ckptfix import check_load_pretrained
+from vlmssm.test_utils import check_load_pretrained
 from vlmssm.backbones import vim
 
 torch.set_num_threads(1)

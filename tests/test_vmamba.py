@@ -11,7 +11,7 @@ from vlmssm.backbones.core import WeightsError
 import vlmssm.backbones.vmamba as vm
 from vlmssm.backbones.vmamba import (VSSM, VMambaWeightsUnavailable, checkpoint_filter_fn, feature_to_tokens,
                                      load_vmamba_checkpoint)
-from _ckptfix import check_load_pretrained
+from vlmssm.test_utils import check_load_pretrained
 
 @pytest.fixture(autouse=True, scope="module")
 def _timm_registry_points_at_the_module():

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['COLOURS', 'QUESTION', 'FixtureEncoder', 'colour_records', 'colour_pixels', 'fixture_tokenizer', 'tiny_vlm']
+__all__ = ['COLOURS', 'QUESTION', 'FixtureEncoder', 'colour_records', 'colour_pixels', 'fixture_tokenizer', 'tiny_vlm',
+           'CodeRunner', 'checkpoint_layouts', 'broken_checkpoints', 'check_load_pretrained']
 
 # %% ../nbs/00b_test_utils.ipynb #03a7964a
 class FixtureEncoder(nn.Module):
@@ -59,3 +60,54 @@ def tiny_vlm(tok,  # `fixture_tokenizer()`
     from vlmssm.vlm import VLM
     lm = tiny_llama(tok, EmbeddedLMConfig(hidden_size=32, intermediate_size=64, num_heads=2, num_layers=layers), seed=0)
     return VLM(lm, tok) if blind else VLM(lm, tok, create_connector("gelu-mlp", 12, 32), FixtureEncoder())
+
+# %% ../nbs/00b_test_utils.ipynb #ab1b1ce0
+class CodeRunner:
+    "Unpickling this runs a shell command that creates `marker`: what a hostile checkpoint would do."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+def checkpoint_layouts(tmp, sd: dict) -> dict:
+    "The same weights as a release or a training script writes them: {file name: path} under `tmp`."
+    from safetensors.torch import save_file
+    ddp = {"module." + k: v for k, v in sd.items()}
+    contents = {"flat.pth": sd, "release.pth": {"model": sd, "optimizer": {}, "epoch": 3},
+                "mmdet.pth.tar": {"meta": {"epoch": 12}, "state_dict": sd}, "ddp.pth": {"model": ddp}}
+    out = {}
+    for name, obj in contents.items(): torch.save(obj, tmp / name); out[name] = tmp / name
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "flat.safetensors")); out["flat.safetensors"] = tmp / "flat.safetensors"
+    return out
+
+# %% ../nbs/00b_test_utils.ipynb #9da9177e
+def broken_checkpoints(tmp, sd: dict) -> dict:
+    "Files that must be refused: {file name: what the one-line error says}, written under `tmp`."
+    from safetensors.torch import save_file
+    torch.save({"model": sd}, tmp / "whole.pth"); save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "whole.safetensors"))
+    (tmp / "zero.pth").touch()
+    for ext in ("pth", "safetensors"):                                      # an interrupted download: the first half
+        whole = (tmp / f"whole.{ext}").read_bytes(); (tmp / f"truncated.{ext}").write_bytes(whole[: len(whole) // 2])
+    (tmp / "notes.pth").write_text("these are not weights\n" * 20)
+    torch.save({"model": sd, "hook": CodeRunner(tmp / "pwned")}, tmp / "hostile.pth")
+    return {"zero.pth": "empty file (0 bytes", "truncated.pth": "truncated or corrupt?", "truncated.safetensors": "truncated or corrupt?",
+            "notes.pth": "not a readable checkpoint", "hostile.pth": "refusing to unpickle posix.system",
+            "missing.pth": "weights file not found"}
+
+# %% ../nbs/00b_test_utils.ipynb #300c40d4
+def check_load_pretrained(load,  # path → model (a family's `load_pretrained`)
+                          same,  # model → None, raises unless it holds `sd`'s tensors
+                          tmp,  # an empty folder
+                          sd: dict,  # the weights
+                         ):
+    "Every layout loads through `load` to the same tensors; every broken or hostile file is one `WeightsError` line naming it, and runs nothing."
+    from vlmssm.backbones.core import WeightsError
+    for name, path in checkpoint_layouts(tmp, sd).items(): same(load(path))
+    for name, what in broken_checkpoints(tmp, sd).items():
+        try: load(tmp / name)
+        except WeightsError as e: msg = str(e)
+        else: raise AssertionError(f"{name}: loaded without an error")
+        assert "\n" not in msg and name in msg and what in msg, msg
+    assert not (tmp / "pwned").exists(), "a hostile checkpoint ran code"
+    torch.load(tmp / "hostile.pth", weights_only=False)                   # the control: a naive load runs the payload
+    assert (tmp / "pwned").exists(), "the hostile fixture does not run code: the check would prove nothing"
