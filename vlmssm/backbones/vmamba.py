@@ -18,10 +18,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from ..ssm_cross import ACTS, SS2D, Linear2d, ln2d, pick
+from .core import WeightsError, read_checkpoint, unwrap_state_dict
 
 # %% auto #0
 __all__ = ['default_cfgs', 'Mlp', 'pad_to_even', 'PatchMerging2D', 'make_stem', 'make_downsample', 'VSSBlock', 'resize_pos_embed',
-           'VSSM', 'fresh_norm', 'feature_to_tokens', 'CheckpointReport', 'convert_state_dict', 'checkpoint_filter_fn',
+           'VSSM', 'fresh_norm', 'feature_to_tokens', 'convert_state_dict', 'checkpoint_filter_fn', 'CheckpointReport',
            'load_vmamba_checkpoint', 'VMambaWeightsUnavailable', 'vmamba_tiny_s1l8', 'vmamba_tiny_s2l5',
            'vmamba_small_s2l15', 'vmamba_base_s2l15', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_vanilla',
            'vmamba_small_vanilla', 'vmamba_base_vanilla', 'vmamba_pico', 'vmamba_test', 'vmamba_test_vanilla']
@@ -42,6 +43,7 @@ class Mlp(nn.Module):
             return self.drop(self.fc2(x * self.act(z)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #a5ed3944
 @register_notrace_function
 def pad_to_even(x):
     "Pad an NCHW map by one row/column at the bottom/right where its height/width is odd (FX leaf)."
@@ -58,6 +60,7 @@ class PatchMerging2D(nn.Module):
         x = torch.cat([x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1)
         return self.reduction(self.norm(x))
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #ff21cd0b
 def make_stem(version: str, in_chans: int, dim: int, patch_size: int, patch_norm: bool, norm_layer) -> nn.Sequential:
     "Patch embedding: v1 = one `patch_size` conv (+ norm); v2 = two overlapping stride-`patch_size/2` convs (keys 0,2,5,7)."
     nrm = lambda c: norm_layer(c) if patch_norm else nn.Identity()
@@ -67,6 +70,7 @@ def make_stem(version: str, in_chans: int, dim: int, patch_size: int, patch_norm
     return nn.Sequential(nn.Conv2d(in_chans, dim // 2, s + 1, s, 1), nn.Identity(), nrm(dim // 2), nn.Identity(), nn.GELU(),
                          nn.Conv2d(dim // 2, dim, s + 1, s, 1), nn.Identity(), nrm(dim))
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #75bc6d34
 def make_downsample(version: str, dim: int, out_dim: int, norm_layer) -> nn.Module:
     "Stage-end downsample: v1 patch merging, v2 2×2/s2 conv + norm, v3 3×3/s2 conv + norm (keys 1,3), none."
     if version == "v1": return PatchMerging2D(dim, out_dim, norm_layer)
@@ -101,18 +105,21 @@ class VSSBlock(nn.Module):
         if self.use_checkpoint and torch.is_grad_enabled(): return checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
-def _check_pool(global_pool):
-    "timm's `global_pool` for VSSM: 'avg' (None means 'avg'), or '' for no pooling."
-    if global_pool is None: return "avg"
-    if global_pool not in ("avg", ""): raise ValueError(f"VSSM supports global_pool='avg' or '', got {global_pool!r}")
-    return global_pool
-
+# %% ../../nbs/04a_backbones.vmamba.ipynb #04d1c976
 @register_notrace_function
 def resize_pos_embed(pe, x):
     "The (1, C, h, w) position map `pe` resized bicubically to `x`'s grid where it differs (FX leaf)."
     if pe.shape[-2:] == x.shape[-2:]: return pe
     return F.interpolate(pe, size=x.shape[-2:], mode="bicubic", align_corners=False)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #232f7ab5
+def _check_pool(global_pool):
+    "timm's `global_pool` for VSSM: 'avg' (None means 'avg'), or '' for no pooling."
+    if global_pool is None: return "avg"
+    if global_pool not in ("avg", ""): raise ValueError(f"VSSM supports global_pool='avg' or '', got {global_pool!r}")
+    return global_pool
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #467a4039
 class VSSM(nn.Module):
     "VMamba classifier/backbone with the official hyper-parameters and the released checkpoints' parameter layout."
     def __init__(self,
@@ -174,46 +181,11 @@ class VSSM(nn.Module):
             if m.bias is not None: nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
-    def describe(self) -> str:
-        "One-line architecture summary (for messages)."
-        return f"VSSM(dims={self.dims}, depths={self.depths}, forward_type={self.forward_type!r})"
-
-    def set_ssm_backend(self, backend: str):
-        "Select the selective-scan backend of every SS2D ('auto', 'torch', 'cuda', 'ref')."
-        for m in self.modules():
-            if isinstance(m, SS2D): m.set_backend(backend)
-        return self
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"pos_embed"} | {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds"))}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(stem=r"^patch_embed|^pos_embed",
-                    blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)\.downsample", (0,)),
-                                                             (r"^layers\.(\d+)\.blocks\.(\d+)", None)])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        for layer in self.layers:
-            for blk in layer.blocks: blk.use_checkpoint = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module: return self.classifier.head
-
     def _set_pool(self, global_pool: str):
         "Average pooling + flatten for 'avg', none for '' (parameter-free modules: the state dict is the same)."
         self.global_pool = global_pool
         self.classifier.avgpool = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
         self.classifier.flatten = nn.Flatten(1) if global_pool else nn.Identity()
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        if global_pool is not None: self._set_pool(_check_pool(global_pool))
-        self.num_classes = num_classes
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0: self._init_weights(head)
-        self.classifier.head = head.to(next(self.parameters()).device)
 
     def _embed(self, x):
         x = self.patch_embed(x)
@@ -232,18 +204,58 @@ class VSSM(nn.Module):
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
 
-# %% ../../nbs/04a_backbones.vmamba.ipynb #76059a08
-def _take_indices(n: int, indices) -> tuple[list[int], int]:
-    "timm's index rule: None = all, int k = last k, sequence = those (negative from the end)."
-    if indices is None: indices = n
-    if isinstance(indices, int):
-        if not 0 < indices <= n: raise ValueError(f"take the last {indices} of {n} stages: out of range")
-        take = list(range(n - indices, n))
-    else:
-        take = [i + n if i < 0 else i for i in indices]
-        if not all(0 <= i < n for i in take): raise ValueError(f"stage indices {list(indices)} out of range for {n} stages")
-    return take, max(take)
+# %% ../../nbs/04a_backbones.vmamba.ipynb #f4a02968
+@patch
+def describe(self: VSSM) -> str:
+    "One-line architecture summary (for messages)."
+    return f"VSSM(dims={self.dims}, depths={self.depths}, forward_type={self.forward_type!r})"
 
+@patch
+def set_ssm_backend(self: VSSM, backend: str):
+    "Select the selective-scan backend of every SS2D ('auto', 'torch', 'cuda', 'ref')."
+    for m in self.modules():
+        if isinstance(m, SS2D): m.set_backend(backend)
+    return self
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #35e9368f
+@patch
+@torch.jit.ignore
+def no_weight_decay(self: VSSM):
+    "Parameter names excluded from weight decay."
+    return {"pos_embed"} | {n for n, _ in self.named_parameters() if n.endswith((".A_logs", ".Ds"))}
+
+@patch
+@torch.jit.ignore
+def group_matcher(self: VSSM, coarse: bool = False):
+    "timm's parameter groups: stem, then stages (`coarse`) or each downsample and block."
+    return dict(stem=r"^patch_embed|^pos_embed",
+                blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)\.downsample", (0,)),
+                                                         (r"^layers\.(\d+)\.blocks\.(\d+)", None)])
+
+@patch
+@torch.jit.ignore
+def set_grad_checkpointing(self: VSSM, enable: bool = True):
+    "Gradient checkpointing in every block."
+    for layer in self.layers:
+        for blk in layer.blocks: blk.use_checkpoint = enable
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #08734e2f
+@patch
+@torch.jit.ignore
+def get_classifier(self: VSSM) -> nn.Module:
+    "The classification head."
+    return self.classifier.head
+
+@patch
+def reset_classifier(self: VSSM, num_classes: int, global_pool: str | None = None):
+    "A fresh `num_classes` head (0: none); `global_pool` 'avg' or '' (no pooling) if given."
+    if global_pool is not None: self._set_pool(_check_pool(global_pool))
+    self.num_classes = num_classes
+    head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    if num_classes > 0: self._init_weights(head)
+    self.classifier.head = head.to(next(self.parameters()).device)
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #76059a08
 @patch
 def tap_index(self: VSSM, stage: int, layer: int | None = None) -> tuple[int, int]:
     "0-based (stage, block) of a 1-based `stage` and a 0-based, possibly negative, `layer` (None = last block)."
@@ -254,12 +266,14 @@ def tap_index(self: VSSM, stage: int, layer: int | None = None) -> tuple[int, in
     if not 0 <= j < depth: raise ValueError(f"layer {layer} out of range for stage {stage} with {depth} blocks (0..{depth - 1} or negative)")
     return stage - 1, j
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #e00f8982
 def fresh_norm(kind: str, x: torch.Tensor, training: bool = False) -> torch.Tensor:
     "An untrained channel norm of NCHW `x` (weight 1, bias 0; BN with fresh statistics), without parameters."
     C = x.shape[1]
     if kind == "bn": return F.batch_norm(x, x.new_zeros(C), x.new_ones(C), training=training, eps=1e-5)
     return F.layer_norm(x.permute(0, 2, 3, 1), (C,), eps=1e-5).permute(0, 3, 1, 2)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #468b6794
 @patch
 def tap_norm(self: VSSM, i: int,     # 0-based stage
              x: torch.Tensor,        # (B, dims[i], h, w) that stage's block output
@@ -270,6 +284,7 @@ def tap_norm(self: VSSM, i: int,     # 0-based stage
     if i == len(self.dims) - 1 and not isinstance(self.classifier.norm, nn.Identity): return self.classifier.norm(x)
     return fresh_norm(self.norm_kind, x, self.training)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #28450928
 @patch
 def forward_tap(self: VSSM, x: torch.Tensor, # (B, in_chans, H, W) images
                 stage: int,                  # 1-based stage, as in the paper ("stage 3")
@@ -282,6 +297,7 @@ def forward_tap(self: VSSM, x: torch.Tensor, # (B, in_chans, H, W) images
     for blk in self.layers[si].blocks[:j + 1]: x = blk(x)
     return self.tap_norm(si, x)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #59fc8939
 @patch
 def tap_grid(self: VSSM, img_size: tuple[int, int], # (H, W) of the input image
              stage: int,                             # 1-based stage
@@ -297,9 +313,22 @@ def tap_grid(self: VSSM, img_size: tuple[int, int], # (H, W) of the input image
         elif self.downsample_version == "v2": h, w = h // 2, w // 2
     return h, w
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #ad36745a
 def feature_to_tokens(feat: torch.Tensor) -> torch.Tensor:
     "(B, C, h, w) feature map → (B, h*w, C) tokens in row-major (h, w) order."
     return feat.flatten(2).transpose(1, 2)
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #3fdc6438
+def _take_indices(n: int, indices) -> tuple[list[int], int]:
+    "timm's index rule: None = all, int k = last k, sequence = those (negative from the end)."
+    if indices is None: indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n: raise ValueError(f"take the last {indices} of {n} stages: out of range")
+        take = list(range(n - indices, n))
+    else:
+        take = [i + n if i < 0 else i for i in indices]
+        if not all(0 <= i < n for i in take): raise ValueError(f"stage indices {list(indices)} out of range for {n} stages")
+    return take, max(take)
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #02b03509
 @patch
@@ -320,6 +349,7 @@ def forward_intermediates(self: VSSM, x: torch.Tensor,
     if output_fmt == "NHWC": out = [y.permute(0, 2, 3, 1) for y in out]
     return out if intermediates_only else (x, out)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #40260a18
 @patch
 def prune_intermediate_layers(self: VSSM, indices=1, prune_norm: bool = False, prune_head: bool = True):
     "Drop the stages (and head) not needed for `indices`; returns the kept absolute indices."
@@ -337,39 +367,32 @@ def prune_intermediate_layers(self: VSSM, indices=1, prune_norm: bool = False, p
     return take
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #4ba39642
-from .core import WeightsError, read_checkpoint, unwrap_state_dict
-
-class CheckpointReport(NamedTuple):
-    "What `load_vmamba_checkpoint` did."
-    missing: list      # model keys the checkpoint did not provide (only when strict=False)
-    unexpected: list   # checkpoint keys the model does not have (only when strict=False)
-    filled: dict       # key -> where its value came from, for keys not read from the checkpoint
-
 _LEGACY_RULES = [(r"^patch_embed\.proj\.", "patch_embed.0."), (r"^patch_embed\.norm\.", "patch_embed.2."),
                  (r"^(layers\.\d+\.blocks\.\d+)\.ln_1\.", r"\1.norm."), (r"^(layers\.\d+\.blocks\.\d+)\.self_attention\.", r"\1.op."),
                  (r"^norm\.", "classifier.norm."), (r"^head\.", "classifier.head.")]
 _V1_DOWNSAMPLE_RULES = [(r"^(layers\.\d+\.downsample)\.1\.", r"\1.norm."), (r"^(layers\.\d+\.downsample)\.2\.", r"\1.reduction.")]
 _SINGLE_FILE = {".op.x_proj.weight": ".op.x_proj_weight", ".op.dt_projs.weight": ".op.dt_projs_weight"}
 
-def convert_state_dict(state_dict: Mapping, model: VSSM) -> tuple[dict, dict]:
-    "`checkpoint_filter_fn` that also returns {key: source} for the keys it filled in."
-    sd = unwrap_state_dict(state_dict)                     # {"model"/"state_dict": …}, `module.` stripped
-    dense = any(k.startswith("backbone.") for k in sd)
-    if dense: sd = {k[9:]: v for k, v in sd.items() if k.startswith("backbone.")}
-    rules = _LEGACY_RULES + (_V1_DOWNSAMPLE_RULES if model.downsample_version == "v1" else [])
-    target, out, filled = model.state_dict(), {}, {}
-    for k, v in sd.items():
-        for pat, rep in rules: k = re.sub(pat, rep, k)
-        single = next((new for old, new in _SINGLE_FILE.items() if k.endswith(old)), None)
-        if single: k = k[:k.rindex(".op.")] + single
-        t = target.get(k)
-        if torch.is_tensor(v) and t is not None and v.shape != t.shape and v.numel() == t.numel() and \
-                (single or (v.dim() == 4 and t.dim() == 2 and v.shape[2:] == (1, 1))):
-            v = v.reshape(t.shape)
-        if k == "pos_embed" and t is not None and v.shape[-2:] != t.shape[-2:]:
-            v = F.interpolate(v.float(), size=t.shape[-2:], mode="bicubic", align_corners=False).to(v.dtype)
-        out[k] = v
-    last = len(model.layers) - 1
+def _rename_key(k: str, rules) -> tuple[str, str | None]:
+    "`k` after the legacy `rules`, and its single-file suffix's new name (None if `k` is not a single-file key)."
+    for pat, rep in rules: k = re.sub(pat, rep, k)
+    single = next((new for old, new in _SINGLE_FILE.items() if k.endswith(old)), None)
+    return (k[:k.rindex(".op.")] + single if single else k), single
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #b4d19965
+def _fit_tensor(k: str, v, t, single) -> torch.Tensor:
+    "Checkpoint value `v` of key `k` in the layout of the model's tensor `t` (None: the model has no such key)."
+    if torch.is_tensor(v) and t is not None and v.shape != t.shape and v.numel() == t.numel() and \
+            (single or (v.dim() == 4 and t.dim() == 2 and v.shape[2:] == (1, 1))):
+        v = v.reshape(t.shape)
+    if k == "pos_embed" and t is not None and v.shape[-2:] != t.shape[-2:]:
+        v = F.interpolate(v.float(), size=t.shape[-2:], mode="bicubic", align_corners=False).to(v.dtype)
+    return v
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #7da11230
+def _fill_missing(out: dict, target: dict, model: VSSM, dense: bool) -> dict:
+    "Add to `out` the `outnorm{i}` (and, for a backbone-only checkpoint, `classifier.*`) it lacks; {key: source}."
+    filled, last = {}, len(model.layers) - 1
     for i in range(len(model.dims)):
         keys = [k for k in target if k.startswith(f"outnorm{i}.")]
         if not keys or any(k in out for k in keys): continue
@@ -381,18 +404,38 @@ def convert_state_dict(state_dict: Mapping, model: VSSM) -> tuple[dict, dict]:
     if dense:
         for k in target:
             if k.startswith("classifier.") and k not in out: out[k], filled[k] = target[k], "model (backbone-only checkpoint)"
-    return out, filled
+    return filled
+
+# %% ../../nbs/04a_backbones.vmamba.ipynb #0082eb99
+def convert_state_dict(state_dict: Mapping, model: VSSM) -> tuple[dict, dict]:
+    "`checkpoint_filter_fn` that also returns {key: source} for the keys it filled in."
+    sd = unwrap_state_dict(state_dict)                     # {"model"/"state_dict": …}, `module.` stripped
+    dense = any(k.startswith("backbone.") for k in sd)
+    if dense: sd = {k[9:]: v for k, v in sd.items() if k.startswith("backbone.")}
+    rules = _LEGACY_RULES + (_V1_DOWNSAMPLE_RULES if model.downsample_version == "v1" else [])
+    target, out = model.state_dict(), {}
+    for k, v in sd.items():
+        k, single = _rename_key(k, rules)
+        out[k] = _fit_tensor(k, v, target.get(k), single)
+    return out, _fill_missing(out, target, model, dense)
 
 def checkpoint_filter_fn(state_dict: Mapping, model: VSSM) -> dict:
     "Map an official VMamba checkpoint (release, single-file, legacy, mmdet/mmseg) onto `model`'s state dict."
     return convert_state_dict(state_dict, model)[0]
 
-# %% ../../nbs/04a_backbones.vmamba.ipynb #3af40bca
+# %% ../../nbs/04a_backbones.vmamba.ipynb #cdab6d7e
+class CheckpointReport(NamedTuple):
+    "What `load_vmamba_checkpoint` did."
+    missing: list      # model keys the checkpoint did not provide (only when strict=False)
+    unexpected: list   # checkpoint keys the model does not have (only when strict=False)
+    filled: dict       # key -> where its value came from, for keys not read from the checkpoint
+
 def _fmt(keys, sd=None, n=3):
     "First `n` keys (with shapes) for an error message."
     s = ", ".join(f"{k} {list(sd[k].shape)}" if sd is not None and torch.is_tensor(sd.get(k)) else k for k in keys[:n])
     return s + (", …" if len(keys) > n else "")
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #3af40bca
 def load_vmamba_checkpoint(model: VSSM,
                            src,                       # path (.pth/.pt/.bin/.safetensors) or an in-memory state dict
                            strict: bool = True,       # every model key must come from the checkpoint (or be filled)
@@ -423,6 +466,7 @@ def load_vmamba_checkpoint(model: VSSM,
     model.load_state_dict(sd, strict=False)
     return CheckpointReport(missing, unexpected, filled)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #7305b41a
 @patch
 def load_pretrained(self: VSSM, path, strict: bool = True, allow_unsafe_pickle: bool = False):
     "timm's `custom_load` hook: load an official checkpoint file (head adapted to `num_classes`)."
@@ -432,6 +476,7 @@ def load_pretrained(self: VSSM, path, strict: bool = True, allow_unsafe_pickle: 
 _RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/"
 
 def _cfg(url: str = "", **kwargs):
+    "timm pretrained cfg of a VMamba classifier (ImageNet mean/std, bicubic 256 → centre crop 224)."
     return {"url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 224 / 256,
             "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
             "first_conv": "patch_embed.0", "classifier": "classifier.head", "license": "mit",
@@ -442,6 +487,7 @@ def _dense_cfg(url: str, size: tuple[int, int]):
     "Backbone weights of a Mask R-CNN / UperNet checkpoint: no classifier, fixed-ratio resize, no crop."
     return _cfg(_RELEASE + url, num_classes=0, input_size=(3, *size), pool_size=None, crop_pct=1.0, interpolation="bilinear")
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #e6d38687
 default_cfgs = generate_default_cfgs({
     "vmamba_tiny_s1l8.in1k": _cfg(_RELEASE + "%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth"),
     "vmamba_tiny_s1l8.coco_maskrcnn_1x": _dense_cfg("%23v2det/mask_rcnn_vssm_fpn_coco_tiny_s_epoch_12.pth", (800, 1333)),
@@ -463,7 +509,8 @@ default_cfgs = generate_default_cfgs({
     "vmamba_test_vanilla": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0),
 })
 
-class VMambaWeightsUnavailable(RuntimeError):
+# %% ../../nbs/04a_backbones.vmamba.ipynb #ca9366cd
+class VMambaWeightsUnavailable(WeightsError):
     "Pretrained weights could not be fetched or found (one-line message)."
 
 _DENSE_TAGS = ("coco_maskrcnn_1x", "ade20k_upernet_160k")   # weights of the authors' dense `Backbone_VSSM`
@@ -483,6 +530,7 @@ def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VSSM:
             f"{variant}: cannot download {cfg.url} ({getattr(e, 'reason', e)}); offline? download it elsewhere and pass "
             f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{name}'))") from None
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #f4561b65
 _V2 = dict(ssm_d_state=1, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3, ssm_conv_bias=False, ssm_drop_rate=0.0,
            ssm_init="v0", forward_type="v05_noz", mlp_ratio=4.0, mlp_act_layer="gelu", mlp_drop_rate=0.0, gmlp=False,
            patch_norm=True, norm_layer="ln2d", downsample_version="v3", patchembed_version="v2", posembed=False)
@@ -524,6 +572,7 @@ def vmamba_base_s1l20(pretrained=False, **kwargs) -> VSSM:
     "VMamba-B [s1l20] (v2): dims 128, depths 2-2-20-2, ssm_ratio 1 (86.6M)."
     return _variant("vmamba_base_s1l20", _V2, pretrained, kwargs, dims=128, depths=(2, 2, 20, 2), ssm_ratio=1.0, drop_path_rate=0.5)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #7669c89f
 @register_model
 def vmamba_tiny_vanilla(pretrained=False, **kwargs) -> VSSM:
     "Vanilla VMamba-T (v0): dims 96, depths 2-2-9-2, d_state 16, no MLP (22.9M)."
@@ -539,6 +588,7 @@ def vmamba_base_vanilla(pretrained=False, **kwargs) -> VSSM:
     "Vanilla VMamba-B (v0): dims 128, depths 2-2-27-2 (76.3M)."
     return _variant("vmamba_base_vanilla", _V0, pretrained, kwargs, dims=128, depths=(2, 2, 27, 2), drop_path_rate=0.6)
 
+# %% ../../nbs/04a_backbones.vmamba.ipynb #b13f19b2
 @register_model
 def vmamba_pico(pretrained=False, **kwargs) -> VSSM:
     "VMamba v2 scaled down for the CPU study (64–96 px inputs)."

@@ -30,11 +30,14 @@ def parse_tap(tap: str) -> dict:
         raise ValueError(f"cannot parse tap {tap!r}; expected e.g. 'block -2', 'stage 3', 'stage 3 layer 14', 'layer -2' or 'latents'")
     return parts
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #84ab3ef1
 def _only(tap: str, allowed: set, family: str) -> dict:
+    "`tap` parsed, if it names only keys in `allowed`; otherwise one line saying what `family` takes."
     p = parse_tap(tap)
     if not set(p) <= allowed: raise ValueError(f"tap {tap!r} is not available for {family}; use {' / '.join(sorted(allowed))}")
     return p
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #4c086564
 @dataclass(eq=False)
 class EncoderSpec:
     "One registry entry: how to build, tap and prepare an encoder, and where its published weights live."
@@ -65,6 +68,7 @@ class EncoderSpec:
 
 # %% ../../nbs/04d_backbones.zoo.ipynb #8c42b8e9
 def _weights_of(name: str) -> str:
+    "Where timm fetches `name`'s published weights (`hf-hub:…` or a URL); '' when it has none."
     cfg = timm.models.get_pretrained_cfg(name) if "." in name or timm.is_model(name) else None
     if cfg is None: return ""
     return f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or cfg.file or "")
@@ -79,15 +83,18 @@ def timm_build(spec: EncoderSpec, pretrained: bool, resolution) -> nn.Module:
         if pretrained: raise hub_error(spec.id, _weights_of(spec.source) or spec.source, e) from None
         raise
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #89ae721c
 def block_tap(model, tap): return BlockTap(_only(tap, {"block"}, "ViT-style encoders")["block"])
 def stage_tap(model, tap): return StageTap(_only(tap, {"stage"}, "timm hierarchical encoders")["stage"])
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #33d2f367
 def _divisible(source: str, kwargs: dict, resolution) -> bool:
     "Whether the input size is a multiple of the patch size (timm's `dynamic_img_size` requires it; 384 px with patch 14 is not)."
     m = re.search(r"patch(\d+)", source)
     p = kwargs.get("patch_size", int(m.group(1)) if m else 16)
     return all(r % p == 0 for r in resolution)
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #0f2933aa
 def _spec(id, family, variant, pretraining, source, **kw) -> EncoderSpec:
     kw.setdefault("build", timm_build); kw.setdefault("make_tap", block_tap)
     if kw["make_tap"] is block_tap and family != "BEiT" and _divisible(source, kw.get("kwargs", {}), kw.get("resolution", (224, 224))):
@@ -96,9 +103,8 @@ def _spec(id, family, variant, pretraining, source, **kw) -> EncoderSpec:
     kw.setdefault("weights", "" if kw.get("pico") else _weights_of(source))
     return EncoderSpec(id, family, variant, pretraining, source, **kw)
 
-_PICO_VIT = dict(embed_dim=96, depth=4, num_heads=3, num_classes=0)
-_P64 = dict(resolution=(64, 64), pico=True, pretraining="scenes cls (study)")
-TIMM_SPECS = [
+# %% ../../nbs/04d_backbones.zoo.ipynb #f86649c1
+_TIMM_PUBLISHED = [
     _spec("vit-s-in1k-224", "ViT", "S", "IN1K cls", "vit_small_patch16_224.augreg_in1k"),
     _spec("vit-b-in1k-224", "ViT", "B", "IN1K cls", "vit_base_patch16_224.augreg_in1k"),
     *[_spec(f"deit-{v}-in1k-224", "DeiT", v.upper(), "IN1K cls", f"deit_{n}_patch16_224.fb_in1k") for v, n in [("t", "tiny"), ("s", "small"), ("b", "base")]],
@@ -118,7 +124,12 @@ TIMM_SPECS = [
       for v, n in [("s", "small"), ("b", "base"), ("l", "large")]],
     *[_spec(f"maxvit-{v}-in1k-224-s3", "MaxViT", v.upper(), "IN1K cls", f"maxvit_{n}_tf_224.in1k", tap="stage 3", make_tap=stage_tap,
             resize_mode="exact", crop_pct=224 / 256) for v, n in [("t", "tiny"), ("s", "small"), ("b", "base"), ("l", "large")]],
-    # pico configs: the paper's constructors, tiny widths, 64 px, stride 16
+]
+
+# %% ../../nbs/04d_backbones.zoo.ipynb #8af59eaa
+_PICO_VIT = dict(embed_dim=96, depth=4, num_heads=3, num_classes=0)
+_P64 = dict(resolution=(64, 64), pico=True, pretraining="scenes cls (study)")
+TIMM_SPECS = [*_TIMM_PUBLISHED,
     _spec("vit-pico", "ViT", "pico", source="vit_small_patch16_224", kwargs=_PICO_VIT, **_P64),
     _spec("deit-pico", "DeiT", "pico", source="deit_small_patch16_224", kwargs=_PICO_VIT, **_P64),
     _spec("beit-pico", "BEiT", "pico", source="beit_base_patch16_224", kwargs=_PICO_VIT, **_P64),
@@ -139,6 +150,7 @@ class FusedViT(nn.Module):
         if ta.shape[1] != tb.shape[1]: raise ValueError(f"fused encoders disagree on token count: {ta.shape[1]} vs {tb.shape[1]}")
         return torch.cat([ta, tb], -1)
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #8e4b3f4b
 def fused_build(spec, pretrained, resolution):
     kw = {**spec.kwargs, "dynamic_img_size": spec.dynamic}
     a, b = (timm_build(EncoderSpec(spec.id, spec.family, "", "", s, timm_build, block_tap, kwargs=kw), pretrained, resolution)
@@ -171,6 +183,7 @@ VITDET_CONFIGS = {  # detectron2 projects/ViTDet COCO Mask R-CNN configs, as pin
     "pico": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, drop_path_rate=0.0, window_block_indices=[0, 2], window_size=2),
 }
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #904a582e
 class ViTDet(nn.Module):
     "detectron2's ViTDet backbone (transformers `VitDetModel`); `forward_tap` returns a block's NCHW output."
     def __init__(self, config): 
@@ -191,10 +204,12 @@ def vitdet_build(spec, pretrained, resolution):
     return ViTDet(VitDetConfig(**{"window_size": 14, **cfg}, image_size=resolution[0], pretrain_image_size=pre, patch_size=16,
                                use_relative_position_embeddings=True, use_absolute_position_embeddings=True, layer_norm_eps=1e-6))
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #181a52f7
 def vitdet_tap(model, tap):
     i = _only(tap, {"block"}, "ViTDet")["block"]
     return MethodTap("forward_tap", dict(layer=i), reduction=16, rounding="floor", label=f"block {i}")
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #210765e7
 _D2 = [("patch_embed.proj.", "embeddings.projection."), ("pos_embed", "embeddings.position_embeddings"), ("blocks.", "encoder.layer."), (".attn.", ".attention.")]
 
 def vitdet_filter(sd: dict, model: nn.Module) -> dict:
@@ -207,6 +222,7 @@ def vitdet_filter(sd: dict, model: nn.Module) -> dict:
         out["net." + k] = v
     return out
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #fea977f2
 def fetch_url(spec) -> Path:
     "Download `spec`'s weights URL into the vlmssm cache (once); offline gives one line."
     url = VITDET_CONFIGS[spec.source]["url"]
@@ -217,6 +233,7 @@ def fetch_url(spec) -> Path:
         except Exception as e: raise hub_error(spec.id, url, e) from None
     return dest
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #526c5be5
 def _vitdet(id, v, **kw):
     return EncoderSpec(id, "ViTDet", v.upper() if v != "pico" else "pico", kw.pop("pretraining", "IN1K MAE→COCO det (Mask R-CNN)"), v,
                        vitdet_build, vitdet_tap, tap="block -1", resize="fit-pad", head="pool", sized=False,
@@ -231,6 +248,7 @@ PERCEIVER_CONFIG = dict(num_latents=512, d_latents=1024, d_model=512, num_blocks
 _PERCEIVER_CLS = {"learned": ("PerceiverForImageClassificationLearned", 512), "fourier": ("PerceiverForImageClassificationFourier", 261),
                   "conv": ("PerceiverForImageClassificationConvProcessing", 322)}
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #107fdc68
 class Perceiver(nn.Module):
     "A transformers Perceiver image model; `forward_tap` returns the final latents `(B, num_latents, d_latents)`."
     def __init__(self, net: nn.Module): super().__init__(); self.net = net
@@ -241,17 +259,22 @@ class Perceiver(nn.Module):
         lat = m.embeddings(batch_size=inputs.shape[0])
         return m.encoder(lat, attention_mask=None, inputs=inputs, inputs_mask=None, return_dict=True).last_hidden_state
 
+def _perceiver_pico(h: int) -> nn.Module:
+    "A tiny transformers `PerceiverModel` for `h`×`h` images: 16 latents of width 96."
+    import transformers
+    from transformers import PerceiverConfig
+    from transformers.models.perceiver.modeling_perceiver import PerceiverImagePreprocessor
+    cfg = PerceiverConfig(num_latents=16, d_latents=96, d_model=64, num_blocks=1, num_self_attends_per_block=4, num_self_attention_heads=4,
+                          num_cross_attention_heads=1, image_size=h)
+    pre = PerceiverImagePreprocessor(cfg, prep_type="conv1x1", spatial_downsample=1, out_channels=32, position_encoding_type="trainable",
+                                     concat_or_add_pos="concat", project_pos_dim=32, trainable_position_encoding_kwargs=dict(num_channels=32, index_dims=h * h))
+    return transformers.PerceiverModel(cfg, input_preprocessor=pre)
+
+# %% ../../nbs/04d_backbones.zoo.ipynb #c6f287a8
 def perceiver_build(spec, pretrained, resolution):
     import transformers
     from transformers import PerceiverConfig
-    if spec.source == "pico":
-        from transformers.models.perceiver.modeling_perceiver import PerceiverImagePreprocessor
-        h = resolution[0]
-        cfg = PerceiverConfig(num_latents=16, d_latents=96, d_model=64, num_blocks=1, num_self_attends_per_block=4, num_self_attention_heads=4,
-                              num_cross_attention_heads=1, image_size=h)
-        pre = PerceiverImagePreprocessor(cfg, prep_type="conv1x1", spatial_downsample=1, out_channels=32, position_encoding_type="trainable",
-                                         concat_or_add_pos="concat", project_pos_dim=32, trainable_position_encoding_kwargs=dict(num_channels=32, index_dims=h * h))
-        return Perceiver(transformers.PerceiverModel(cfg, input_preprocessor=pre))
+    if spec.source == "pico": return Perceiver(_perceiver_pico(resolution[0]))
     cls_name, d_model = _PERCEIVER_CLS[spec.source]
     cls = getattr(transformers, cls_name)
     if pretrained:
@@ -259,6 +282,7 @@ def perceiver_build(spec, pretrained, resolution):
         except Exception as e: raise hub_error(spec.id, f"hf-hub:deepmind/vision-perceiver-{spec.source}", e) from None
     return Perceiver(cls(PerceiverConfig(**{**PERCEIVER_CONFIG, "d_model": d_model}, image_size=resolution[0])))
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #4e65e6bf
 def perceiver_tap(model, tap):
     _only(tap, {"latents"}, "Perceiver")
     return MethodTap("forward_tap", fmt="NLC", fixed=getattr(model.net, "perceiver", model.net).config.num_latents, label="latents")
@@ -276,11 +300,13 @@ def vmamba_tap(model, tap):
     s, l = p.get("stage", 3), p.get("layer")
     return MethodTap("forward_tap", dict(stage=s, layer=l), grid_fn=lambda m, h, w: m.tap_grid((h, w), s), label=tap)
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #5a1efcf6
 def mambavision_tap(model, tap):
     p = _only(tap, {"stage", "layer"}, "MambaVision")
     s, l = p.get("stage", 3), p.get("layer")
     return MethodTap("forward_tap", dict(stage=s, layer=l), reduction=model.tap_info(s, l)["reduction"], rounding="ceil", label=tap)
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #c84c86b7
 def _conv_out(n, conv): return (n + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
 
 def vim_tap(model, tap):
@@ -288,6 +314,7 @@ def vim_tap(model, tap):
     return MethodTap("forward_tap", dict(layer=l), fmt="NLC", label=tap,
                      grid_fn=lambda m, h, w: (_conv_out(h, m.patch_embed.proj), _conv_out(w, m.patch_embed.proj)))
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #a3fb3614
 def _ssm(id, family, variant, pretraining, source, module, make_tap, tap, **kw):
     kw.setdefault("resize_mode", "exact")
     return EncoderSpec(id, family, variant, pretraining, source, timm_build, make_tap, tap=tap, requires=f"vlmssm.backbones.{module}",
