@@ -23,9 +23,9 @@ from .vmamba import _take_indices  # timm's feature-index rule, one copy for the
 # %% auto #0
 __all__ = ['default_cfgs', 'PretrainedUnavailableError', 'build_with_weights_hint', 'window_partition', 'window_reverse',
            'PatchEmbed', 'ConvBlock', 'Downsample', 'MambaVisionMixer', 'Attention', 'Block', 'attention_blocks',
-           'MambaVisionLayer', 'MambaVision', 'checkpoint_filter_fn', 'mamba_vision_T', 'mamba_vision_T2',
-           'mamba_vision_S', 'mamba_vision_B', 'mamba_vision_L', 'mamba_vision_L2', 'mambavision_pico',
-           'mamba_vision_test']
+           'MambaVisionLayer', 'SSMModelMixin', 'MambaVision', 'checkpoint_filter_fn', 'mamba_vision_T',
+           'mamba_vision_T2', 'mamba_vision_S', 'mamba_vision_B', 'mamba_vision_L', 'mamba_vision_L2',
+           'mambavision_pico', 'mamba_vision_test']
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #4c2685a6
 from .core import WeightsError, load_checkpoint_into, unwrap_state_dict
@@ -41,6 +41,7 @@ def _download_errors():
     except ImportError: pass
     return tuple(errs)
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #178a9a76
 def build_with_weights_hint(model_cls, variant, pretrained, **kwargs):
     "timm's `build_model_with_cfg`; weight files go through `model.load_pretrained`; a failed download is one clear line."
     ov = kwargs.get("pretrained_cfg_overlay") or {}
@@ -84,6 +85,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x): return self.conv_down(self.proj(x))
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #0eea0967
 def _is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 class ConvBlock(nn.Module):
@@ -104,6 +106,7 @@ class ConvBlock(nn.Module):
         if self.layer_scale: y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #3e27cf4e
 class Downsample(nn.Module):
     "conv3x3/s2 without bias, doubling the channels."
     def __init__(self, dim, keep_dim=False):
@@ -173,6 +176,7 @@ class Attention(nn.Module):
                                            dropout_p=self.attn_drop.p if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #56316944
 class Block(nn.Module):
     "Pre-norm block with a Mamba mixer or window attention, then an MLP."
     def __init__(self, dim, num_heads, attention=False, mlp_ratio=4., qkv_bias=False, qk_scale=None, drop=0., attn_drop=0.,
@@ -197,6 +201,7 @@ def attention_blocks(depth: int) -> list:
     "Indices of the attention blocks in a hybrid level of `depth` blocks (upstream rule)."
     return list(range(depth // 2 + 1, depth)) if depth % 2 else list(range(depth // 2, depth))
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #e2fff689
 class MambaVisionLayer(nn.Module):
     "One level: conv blocks (levels 0–1) or windowed hybrid blocks (levels 2–3), then an optional downsample."
     def __init__(self, dim, depth, num_heads, window_size, conv=False, downsample=True, mlp_ratio=4., qkv_bias=True,
@@ -231,8 +236,37 @@ class MambaVisionLayer(nn.Module):
         x = self.forward_blocks(x)
         return x if self.downsample is None else self.downsample(x)
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #feb670a2
+class SSMModelMixin:
+    "Classifier API, `set_scan_backend` and `load_pretrained` for a model with a Linear `head` on `num_features`."
+    global_pools = ("avg", "")                                 # accepted `global_pool` values, the family's pooling first
+    checkpoint_filter_fn = None                                # the family's filter, a staticmethod: (state_dict, model) → state_dict
+
+    def check_pool(self, global_pool: str) -> str:
+        "`global_pool` if it is one of `global_pools`, else a one-line `ValueError`."
+        if global_pool not in self.global_pools:
+            raise ValueError(f"global_pool must be {self.global_pools[0]!r} or '', got {global_pool!r}")
+        return global_pool
+
+    def set_scan_backend(self, name: str):
+        "Selective-scan backend of every mixer ('auto', 'torch', 'cuda', 'ref'; see `vlmssm.ssm`)."
+        get_scan_backend(name)
+        for m in self.modules():
+            if m is not self and hasattr(m, "scan_backend"): m.scan_backend = name
+
+    def get_classifier(self) -> nn.Module: return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None: self.global_pool = self.check_pool(global_pool)
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def load_pretrained(self, path, allow_unsafe_pickle: bool = False):
+        "Load an official (or own) checkpoint file (timm calls this for `pretrained=True`); one `WeightsError` line if it cannot."
+        load_checkpoint_into(self, path, self.checkpoint_filter_fn, allow_unsafe_pickle)
+
 # %% ../../nbs/04b_backbones.mambavision.ipynb #9a6975e4
-class MambaVision(nn.Module):
+class MambaVision(SSMModelMixin, nn.Module):
     "MambaVision (NVlabs) with the official parameter names and timm's model API."
     def __init__(self,
                  dim,                    # channels of level 0 (level i has dim·2^i)
@@ -257,8 +291,7 @@ class MambaVision(nn.Module):
         if not (len(depths) == len(num_heads) == len(window_size) == 4):
             raise ValueError(f"MambaVision has 4 levels: depths/num_heads/window_size must have 4 entries, got "
                              f"{len(depths)}/{len(num_heads)}/{len(window_size)}")
-        if global_pool not in ("avg", ""): raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.num_classes, self.global_pool, self.grad_checkpointing = num_classes, global_pool, False
+        self.num_classes, self.global_pool, self.grad_checkpointing = num_classes, self.check_pool(global_pool), False
         self.num_features = self.head_hidden_size = int(dim * 2 ** 3)
         self.patch_embed = PatchEmbed(in_chans, in_dim, dim)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -280,29 +313,6 @@ class MambaVision(nn.Module):
         elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
-    def group_matcher(self, coarse=False):
-        return dict(stem=r"^patch_embed", blocks=r"^levels\.(\d+)" if coarse else [
-            (r"^levels\.(\d+)\.downsample", (0,)), (r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    def set_grad_checkpointing(self, enable=True):
-        self.grad_checkpointing = enable
-        for lvl in self.levels: lvl.grad_checkpointing = enable
-
-    def set_scan_backend(self, name: str):
-        "Selective-scan backend of every mixer ('auto', 'torch', 'cuda', 'ref'; see `vlmssm.ssm`)."
-        get_scan_backend(name)
-        for m in self.modules():
-            if isinstance(m, MambaVisionMixer): m.scan_backend = name
-
-    def get_classifier(self) -> nn.Module: return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ("avg", ""): raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x):
         x = self.patch_embed(x)
         for lvl in self.levels: x = lvl(x)
@@ -313,6 +323,17 @@ class MambaVision(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
+
+# %% ../../nbs/04b_backbones.mambavision.ipynb #0f1cb5d7
+@patch
+def group_matcher(self: MambaVision, coarse=False):
+    return dict(stem=r"^patch_embed", blocks=r"^levels\.(\d+)" if coarse else [
+        (r"^levels\.(\d+)\.downsample", (0,)), (r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+@patch
+def set_grad_checkpointing(self: MambaVision, enable=True):
+    self.grad_checkpointing = enable
+    for lvl in self.levels: lvl.grad_checkpointing = enable
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #2d74dcf8
 @patch
@@ -336,6 +357,7 @@ def forward_tap(self: MambaVision,
     x = lvl.forward_blocks(x, stop=j)
     return self.norm(x) if stage == 5 and j == n - 1 else x
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #86a995fc
 @patch
 def tap_info(self: MambaVision, stage: int, layer: Optional[int] = None) -> dict:
     "Channels and stride of `forward_tap(x, stage, layer)` (spatial size: ceil-halving of H, W per stride-2 conv)."
@@ -346,6 +368,7 @@ def tap_info(self: MambaVision, stage: int, layer: Optional[int] = None) -> dict
     pre = layer is not None or i == 3
     return dict(num_chs=c * 2 ** (i if pre else i + 1), reduction=4 * 2 ** (i if pre else i + 1))
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #8fa7f211
 @patch
 def forward_intermediates(self: MambaVision, x, indices=None, norm: bool = False, stop_early: bool = False,
                           output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -362,6 +385,7 @@ def forward_intermediates(self: MambaVision, x, indices=None, norm: bool = False
     if intermediates_only: return out
     return (self.norm(x) if len(levels) == len(self.levels) else x), out       # stopped early: no final norm
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #f68c43e7
 @patch
 def prune_intermediate_layers(self: MambaVision, indices=1, prune_norm: bool = False, prune_head: bool = True):
     "Drop the levels (and the downsample, norm, head) not needed for `indices`; returns the absolute indices."
@@ -382,10 +406,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     return sd
 
-@patch
-def load_pretrained(self: MambaVision, path, allow_unsafe_pickle: bool = False):
-    "Load an official (or own) MambaVision checkpoint file (timm calls this for `pretrained=True`); one `WeightsError` line if it cannot."
-    load_checkpoint_into(self, path, checkpoint_filter_fn, allow_unsafe_pickle)
+MambaVision.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)       # what `load_pretrained` applies
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #365ee2e7
 def _cfg(hf_hub_id="", hf_hub_filename="", **kwargs):
@@ -406,6 +427,7 @@ default_cfgs = generate_default_cfgs({
     "mamba_vision_test": _cfg(input_size=(3, 64, 64), pool_size=(2, 2), crop_pct=1.0, license="apache-2.0"),
 })
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #9566a4b8
 def _create_mambavision(variant, pretrained=False, **kwargs):
     return build_with_weights_hint(MambaVision, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                    feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"), **kwargs)
@@ -445,6 +467,7 @@ def mamba_vision_L2(pretrained=False, **kwargs) -> MambaVision:
                 drop_path_rate=0.3, layer_scale=1e-5)
     return _create_mambavision("mamba_vision_L2", pretrained, **dict(args, **kwargs))
 
+# %% ../../nbs/04b_backbones.mambavision.ipynb #45b5b6fa
 @register_model
 def mambavision_pico(pretrained=False, **kwargs) -> MambaVision:
     "CPU-study variant (~0.5M params with a 1000-class head): same code, for 64–96 px inputs."

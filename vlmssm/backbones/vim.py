@@ -16,8 +16,8 @@ from timm.models import generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 
-from ..ssm import get_scan_backend, selective_scan
-from .mambavision import _take_indices, build_with_weights_hint
+from ..ssm import selective_scan
+from .mambavision import SSMModelMixin, _take_indices, build_with_weights_hint
 
 # %% auto #0
 __all__ = ['default_cfgs', 'BiMamba', 'Block', 'check_img_size', 'PatchEmbed', 'VisionMamba', 'checkpoint_filter_fn', 'vim_tiny',
@@ -56,17 +56,6 @@ class BiMamba(nn.Module):
         self.D_b = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, d_model, bias=bias)
 
-    def _branch(self, xz, conv1d, x_proj, dt_proj, A_log, D):
-        "Mamba's inner function without out_proj on (B, 2·d_inner, L): causal conv → SSM → gate."
-        L = xz.shape[-1]
-        x, z = xz.chunk(2, dim=1)
-        x = F.silu(conv1d(x)[..., :L])
-        dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, dt_proj.weight).transpose(1, 2)               # no bias here: it is the scan's delta_bias
-        return selective_scan(x, dt, -torch.exp(A_log.float()), B.transpose(1, 2).contiguous(),
-                              C.transpose(1, 2).contiguous(), D.float(), z=z, delta_bias=dt_proj.bias.float(),
-                              delta_softplus=True, backend=self.scan_backend)
-
     def forward(self, hidden_states):                                   # (B, L, d_model)
         xz = self.in_proj(hidden_states).transpose(1, 2)
         y_f = self._branch(xz, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
@@ -74,6 +63,19 @@ class BiMamba(nn.Module):
         y = (y_f + y_b.flip(-1)).transpose(1, 2)
         out = self.out_proj(y / 2 if self.if_divide_out else y)
         return out * self.gamma if self.init_layer_scale is not None else out
+
+# %% ../../nbs/04c_backbones.vim.ipynb #ed5ff211
+@patch
+def _branch(self: BiMamba, xz, conv1d, x_proj, dt_proj, A_log, D):
+    "Mamba's inner function without out_proj on (B, 2·d_inner, L): causal conv → SSM → gate."
+    L = xz.shape[-1]
+    x, z = xz.chunk(2, dim=1)
+    x = F.silu(conv1d(x)[..., :L])
+    dt, B, C = x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+    dt = F.linear(dt, dt_proj.weight).transpose(1, 2)               # no bias here: it is the scan's delta_bias
+    return selective_scan(x, dt, -torch.exp(A_log.float()), B.transpose(1, 2).contiguous(),
+                          C.transpose(1, 2).contiguous(), D.float(), z=z, delta_bias=dt_proj.bias.float(),
+                          delta_softplus=True, backend=self.scan_backend)
 
 # %% ../../nbs/04c_backbones.vim.ipynb #5ddad045
 class Block(nn.Module):
@@ -89,6 +91,7 @@ class Block(nn.Module):
         if self.residual_in_fp32: residual = residual.to(torch.float32)
         return self.mixer(hidden_states), residual
 
+# %% ../../nbs/04c_backbones.vim.ipynb #33ac8150
 @register_notrace_function
 def check_img_size(x, img_size: tuple):
     "`x` unchanged if its (H, W) is `img_size`, else a one-line error (an FX leaf: no traced branch on the shape)."
@@ -97,6 +100,7 @@ def check_img_size(x, img_size: tuple):
                          f"position embedding; create the model with img_size=... to resample it)")
     return x
 
+# %% ../../nbs/04c_backbones.vim.ipynb #52c083d9
 class PatchEmbed(nn.Module):
     "Image → (B, gh·gw, D) patch tokens (row-major) with a Conv2d of kernel `patch_size` and `stride`."
     def __init__(self, img_size=224, patch_size=16, stride=16, in_chans=3, embed_dim=768):
@@ -110,8 +114,10 @@ class PatchEmbed(nn.Module):
     def forward(self, x): return self.norm(self.proj(check_img_size(x, self.img_size)).flatten(2).transpose(1, 2))
 
 # %% ../../nbs/04c_backbones.vim.ipynb #11a20e7c
-class VisionMamba(nn.Module):
+class VisionMamba(SSMModelMixin, nn.Module):
     "Vim with a middle class token (hustvl `*-midclstok` checkpoints), official parameter names, timm's model API."
+    global_pools = ("token", "")                 # `SSMModelMixin`: the class token, or all tokens
+
     def __init__(self,
                  img_size=224,               # input size (fixed: absolute position embedding)
                  patch_size=16,              # patch (kernel) size
@@ -137,8 +143,7 @@ class VisionMamba(nn.Module):
         if channels is not None and channels != in_chans:
             if in_chans != 3: raise ValueError(f"channels={channels} and in_chans={in_chans} disagree")
             in_chans = channels
-        if global_pool not in ("token", ""): raise ValueError(f"global_pool must be 'token' or '', got {global_pool!r}")
-        self.num_classes, self.global_pool, self.grad_checkpointing = num_classes, global_pool, False
+        self.num_classes, self.global_pool, self.grad_checkpointing = num_classes, self.check_pool(global_pool), False
         self.residual_in_fp32, self.use_middle_cls_token = residual_in_fp32, use_middle_cls_token
         self.d_model = self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
@@ -171,49 +176,6 @@ class VisionMamba(nn.Module):
                 nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
                 with torch.no_grad(): m.out_proj.weight /= math.sqrt(depth)
 
-    def no_weight_decay(self): return {"pos_embed", "cls_token"}
-
-    def group_matcher(self, coarse=False):
-        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))])
-
-    def set_grad_checkpointing(self, enable=True): self.grad_checkpointing = enable
-
-    def set_scan_backend(self, name: str):
-        "Selective-scan backend of every mixer ('auto', 'torch', 'cuda', 'ref'; see `vlmssm.ssm`)."
-        get_scan_backend(name)
-        for m in self.modules():
-            if isinstance(m, BiMamba): m.scan_backend = name
-
-    def get_classifier(self) -> nn.Module: return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ("token", ""): raise ValueError(f"global_pool must be 'token' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def embed(self, x):
-        "Patch tokens + class token at `cls_token_position` + pos_embed: (B, M+1, D)."
-        x = self.patch_embed(x)
-        p = self.cls_token_position
-        x = torch.cat([x[:, :p], self.cls_token.expand(x.shape[0], -1, -1), x[:, p:]], dim=1)
-        return self.pos_drop(x + self.pos_embed)
-
-    def _blocks(self, x, upto: Optional[int] = None):
-        "Run blocks 0..upto, yielding (i, residual stream after block i)."
-        hidden, residual = x, None
-        for i, layer in enumerate(self.layers[:None if upto is None else upto + 1]):
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
-            else: hidden, residual = layer(hidden, residual)
-            yield i, residual + self.drop_path(hidden)
-
-    def apply_norm_f(self, t):
-        "`norm_f` in its parameter dtype (as the official fused kernel)."
-        w = getattr(self.norm_f, "weight", None)
-        return self.norm_f(t if w is None else t.to(dtype=w.dtype))
-
     def forward_features(self, x):
         "All tokens after `norm_f`: (B, M+1, D), class token at `cls_token_position`."
         for _, stream in self._blocks(self.embed(x)): pass
@@ -225,12 +187,50 @@ class VisionMamba(nn.Module):
 
     def forward(self, x): return self.forward_head(self.forward_features(x))
 
+# %% ../../nbs/04c_backbones.vim.ipynb #c7e14a8c
+@patch
+def embed(self: VisionMamba, x):
+    "Patch tokens + class token at `cls_token_position` + pos_embed: (B, M+1, D)."
+    x = self.patch_embed(x)
+    p = self.cls_token_position
+    x = torch.cat([x[:, :p], self.cls_token.expand(x.shape[0], -1, -1), x[:, p:]], dim=1)
+    return self.pos_drop(x + self.pos_embed)
+
+# %% ../../nbs/04c_backbones.vim.ipynb #6206859a
+@patch
+def _blocks(self: VisionMamba, x, upto: Optional[int] = None):
+    "Run blocks 0..upto, yielding (i, residual stream after block i)."
+    hidden, residual = x, None
+    for i, layer in enumerate(self.layers[:None if upto is None else upto + 1]):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
+        else: hidden, residual = layer(hidden, residual)
+        yield i, residual + self.drop_path(hidden)
+
+@patch
+def apply_norm_f(self: VisionMamba, t):
+    "`norm_f` in its parameter dtype (as the official fused kernel)."
+    w = getattr(self.norm_f, "weight", None)
+    return self.norm_f(t if w is None else t.to(dtype=w.dtype))
+
+# %% ../../nbs/04c_backbones.vim.ipynb #7931389e
+@patch
+def no_weight_decay(self: VisionMamba): return {"pos_embed", "cls_token"}
+
+@patch
+def group_matcher(self: VisionMamba, coarse=False):
+    return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))])
+
+@patch
+def set_grad_checkpointing(self: VisionMamba, enable=True): self.grad_checkpointing = enable
+
 # %% ../../nbs/04c_backbones.vim.ipynb #d3e59338
 def _split_cls(self: VisionMamba, t):
     "(B, M+1, D) → patch tokens (B, M, D), class token (B, 1, D)."
     p = self.cls_token_position
     return torch.cat([t[:, :p], t[:, p + 1:]], dim=1), t[:, p:p + 1]
 
+# %% ../../nbs/04c_backbones.vim.ipynb #f5541f05
 @patch
 def forward_tap(self: VisionMamba,
                 x,                          # (B, in_chans, H, W) images of size img_size
@@ -245,6 +245,7 @@ def forward_tap(self: VisionMamba,
     for _, stream in self._blocks(self.embed(x), upto=j): pass
     return _split_cls(self, self.apply_norm_f(stream) if norm else stream)[0]
 
+# %% ../../nbs/04c_backbones.vim.ipynb #5b63c7f0
 @patch
 def forward_intermediates(self: VisionMamba, x, indices=None, return_prefix_tokens: bool = False, norm: bool = False,
                           stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -260,6 +261,7 @@ def forward_intermediates(self: VisionMamba, x, indices=None, return_prefix_toke
     if return_prefix_tokens: feats = list(zip(feats, [c for _, c in pairs]))
     return feats if intermediates_only else (self.apply_norm_f(stream), feats)
 
+# %% ../../nbs/04c_backbones.vim.ipynb #2394bc8b
 @patch
 def prune_intermediate_layers(self: VisionMamba, indices=1, prune_norm: bool = False, prune_head: bool = True):
     "Keep only the blocks needed for `indices` (norm_f/head removed as in timm); returns the absolute indices."
@@ -270,7 +272,7 @@ def prune_intermediate_layers(self: VisionMamba, indices=1, prune_norm: bool = F
     return take
 
 # %% ../../nbs/04c_backbones.vim.ipynb #adae3c94
-from .core import load_checkpoint_into, unwrap_state_dict
+from .core import unwrap_state_dict
 
 def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
     "Official Vim checkpoint → this model's state dict (pure)."
@@ -293,10 +295,7 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionMamba) -> dict:
                       f"patch grid (checkpoint for another img_size/stride)")
     return sd
 
-@patch
-def load_pretrained(self: VisionMamba, path, allow_unsafe_pickle: bool = False):
-    "Load an official (or own) Vim checkpoint file (timm calls this for `pretrained=True`)."
-    load_checkpoint_into(self, path, checkpoint_filter_fn, allow_unsafe_pickle)
+VisionMamba.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)       # what `load_pretrained` applies
 
 # %% ../../nbs/04c_backbones.vim.ipynb #b8973252
 def _cfg(hf_hub_id="", hf_hub_filename="", **kwargs):
@@ -316,6 +315,7 @@ default_cfgs = generate_default_cfgs({
     "vim_test": _cfg(input_size=(3, 32, 32), crop_pct=1.0),
 })
 
+# %% ../../nbs/04c_backbones.vim.ipynb #3357dac8
 def _create_vim(variant, pretrained=False, **kwargs):
     return build_with_weights_hint(VisionMamba, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                    feature_cfg=dict(out_indices=(-1,), feature_cls="getter"), **kwargs)
@@ -340,6 +340,7 @@ def vim_small_stride8(pretrained=False, **kwargs) -> VisionMamba:
 def vim_base(pretrained=False, **kwargs) -> VisionMamba:
     return _create_vim("vim_base", pretrained, **dict(dict(embed_dim=768, depth=24), **kwargs))
 
+# %% ../../nbs/04c_backbones.vim.ipynb #8b8a2bb8
 @register_model
 def vim_pico(pretrained=False, **kwargs) -> VisionMamba:
     "CPU-study variant: D=64, 6 blocks, d_state 8, patch 8 at 64 px (64 patch tokens)."
