@@ -4,50 +4,17 @@
 
 # %% ../nbs/03_ssm.ipynb #1f987a30
 from __future__ import annotations
-import difflib, functools, math, threading
+import functools, math, threading
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from fastcore.basics import patch
 from timm.layers import register_notrace_function
+from .utils import did_you_mean
 
 # %% auto #0
-__all__ = ['BLOCK_ELEMS', 'SCAN_BACKENDS', 'selective_scan_ref', 'ScanInputError', 'free_scan_workspace', 'SelectiveScanFn',
+__all__ = ['BLOCK_ELEMS', 'SCAN_BACKENDS', 'ScanInputError', 'selective_scan_ref', 'free_scan_workspace', 'SelectiveScanFn',
            'ScanBackendError', 'list_scan_backends', 'get_scan_backend', 'selective_scan']
-
-# %% ../nbs/03_ssm.ipynb #14b16324
-def _compute_dtype(*xs):
-    "float64 if any input is float64, else float32 (the scan always accumulates in at least fp32)."
-    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
-
-def _bc_steps(X, dim):
-    "B or C as a list of L per-step tensors broadcastable to (batch, dim, N); None for a constant (dim, N)."
-    if X.dim() == 2: return None
-    if X.dim() == 3: return [x[:, None] for x in X.unbind(-1)]
-    return [x.repeat_interleave(dim // X.shape[1], dim=1) for x in X.unbind(-1)]
-
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
-    "Sequential selective scan, mamba-ssm `selective_scan_ref` semantics: the readable reference for tests."
-    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    u_, delta_, A_, B_, C_ = (x.to(dt) for x in (u, delta, A, B, C))
-    if delta_bias is not None: delta_ = delta_ + delta_bias.to(dt)[:, None]
-    if delta_softplus: delta_ = F.softplus(delta_)
-    dim, L = u.shape[1], u.shape[2]
-    Bs, Cs = _bc_steps(B_, dim), _bc_steps(C_, dim)
-    us, deltas = u_.unbind(-1), delta_.unbind(-1)
-    h = u_.new_zeros(u.shape[0], dim, A.shape[1])
-    ys = []
-    for t in range(L):
-        dl = deltas[t][..., None]
-        Bt, Ct = (B_ if Bs is None else Bs[t]), (C_ if Cs is None else Cs[t])
-        h = torch.exp(dl * A_) * h + dl * Bt * us[t][..., None]      # ZOH for A, Euler for B
-        ys.append((h * Ct).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None: out = out + u_ * D.to(dt)[:, None]
-    if z is not None: out = out * F.silu(z.to(dt))
-    out = out.to(u.dtype)
-    return (out, h) if return_last_state else out
 
 # %% ../nbs/03_ssm.ipynb #1df0e644
 class ScanInputError(ValueError):
@@ -78,6 +45,42 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
     devs = {x.device for x in (u, delta, A, B, C, D, z, delta_bias) if x is not None}
     need(len(devs) == 1, f"all inputs must be on one device, got {sorted(map(str, devs))}")
 
+# %% ../nbs/03_ssm.ipynb #14b16324
+def _compute_dtype(*xs):
+    "float64 if any input is float64, else float32 (the scan always accumulates in at least fp32)."
+    return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
+
+def _bc_steps(X, dim):
+    "B or C as a list of L per-step tensors broadcastable to (batch, dim, N); None for a constant (dim, N)."
+    if X.dim() == 2: return None
+    if X.dim() == 3: return [x[:, None] for x in X.unbind(-1)]
+    return [x.repeat_interleave(dim // X.shape[1], dim=1) for x in X.unbind(-1)]
+
+# %% ../nbs/03_ssm.ipynb #28ffdc45
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    "Sequential selective scan, mamba-ssm `selective_scan_ref` semantics: the readable reference for tests."
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u_, delta_, A_, B_, C_ = (x.to(dt) for x in (u, delta, A, B, C))
+    if delta_bias is not None: delta_ = delta_ + delta_bias.to(dt)[:, None]
+    if delta_softplus: delta_ = F.softplus(delta_)
+    dim, L = u.shape[1], u.shape[2]
+    Bs, Cs = _bc_steps(B_, dim), _bc_steps(C_, dim)
+    us, deltas = u_.unbind(-1), delta_.unbind(-1)
+    h = u_.new_zeros(u.shape[0], dim, A.shape[1])
+    ys = []
+    for t in range(L):
+        dl = deltas[t][..., None]
+        Bt, Ct = (B_ if Bs is None else Bs[t]), (C_ if Cs is None else Cs[t])
+        h = torch.exp(dl * A_) * h + dl * Bt * us[t][..., None]      # ZOH for A, Euler for B
+        ys.append((h * Ct).sum(-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None: out = out + u_ * D.to(dt)[:, None]
+    if z is not None: out = out * F.silu(z.to(dt))
+    out = out.to(u.dtype)
+    return (out, h) if return_last_state else out
+
 # %% ../nbs/03_ssm.ipynb #cf0c66ec
 def _best_split(n):
     "Divisor T of n minimising the 2T + n/T kernel launches of the exact two-level scan."
@@ -106,6 +109,7 @@ def _linrec_exact_(a, b, h0=None):
     res = ht.view(n, R).t()
     return b if res.data_ptr() == b.data_ptr() else b.copy_(res)   # (R or n == 1: the transpose was a view of b)
 
+# %% ../nbs/03_ssm.ipynb #539b803a
 def _chunk_len(L):
     "Chunk length of the fast scan: a divisor of L in [6, 32] closest to 16, else 16 (L padded)."
     ds = [d for d in range(6, 33) if L % d == 0]
@@ -123,6 +127,7 @@ def _prefix_(x3, op, tmp):
         src, dst, k = dst, src, 2 * k
     return x3 if src is x3 else x3.copy_(src)
 
+# %% ../nbs/03_ssm.ipynb #4f47ab3c
 def _linrec_chunked_(a, b, P, T, h0=None, mono=True):
     "Chunked scan in place on b (R, M*T) (P: workspace); returns b, or None (b clobbered) where unsafe."
     R, Lp = b.shape; M = Lp // T
@@ -174,12 +179,14 @@ def free_scan_workspace():
     "Release this thread's CPU work buffers of the 'torch' scan (they are reused across calls; ~50 MB in fp32)."
     _WS.__dict__.pop("bufs", None)
 
+# %% ../nbs/03_ssm.ipynb #f86c93af
 def _softplus_from_neg(xn, out):
     "softplus(-xn) into out (same shape), from vectorised sigmoid/log2."
     torch.sigmoid(xn, out=out).log2_().mul_(-_LN2)
     if bool(xn.amin() < -80): torch.where(xn < -80, -xn, out, out=out)   # sigmoid(-x) underflows: softplus(x) = x
     return out
 
+# %% ../nbs/03_ssm.ipynb #8d07f58b
 def _bc5(X, bs, G, H, N, L):
     "B or C as a broadcastable (batch|1, G|1, H|1, N, L|1) tensor (a copy only for groups coarser than G)."
     if X.dim() == 2: return X.reshape(1, G, H, N, 1)
@@ -217,80 +224,90 @@ class _Scan:
 
     def ws(self, name, shape): return _ws(name, shape, self.dt, self.dev)
 
-    def blocks(self):
-        "(batch, group, channel) slices with at most ~BLOCK_ELEMS elements per (block, N, L) tensor."
-        units = max(1, BLOCK_ELEMS.get(self.dev.type, 1 << 25) // (self.N * self.Lp))
-        nh = min(self.H, units); ng = min(self.G, max(1, units // nh)) if nh == self.H else 1
-        nb = min(self.bs, max(1, units // (nh * ng))) if (nh == self.H and ng == self.G) else 1
-        for b0 in range(0, self.bs, nb):
-            for g0 in range(0, self.G, ng):
-                for h0 in range(0, self.H, nh):
-                    yield (slice(b0, min(b0 + nb, self.bs)), slice(g0, min(g0 + ng, self.G)), slice(h0, min(h0 + nh, self.H)))
+# %% ../nbs/03_ssm.ipynb #12cf2350
+@patch
+def blocks(self: _Scan):
+    "(batch, group, channel) slices with at most ~BLOCK_ELEMS elements per (block, N, L) tensor."
+    units = max(1, BLOCK_ELEMS.get(self.dev.type, 1 << 25) // (self.N * self.Lp))
+    nh = min(self.H, units); ng = min(self.G, max(1, units // nh)) if nh == self.H else 1
+    nb = min(self.bs, max(1, units // (nh * ng))) if (nh == self.H and ng == self.G) else 1
+    for b0 in range(0, self.bs, nb):
+        for g0 in range(0, self.G, ng):
+            for h0 in range(0, self.H, nh):
+                yield (slice(b0, min(b0 + nb, self.bs)), slice(g0, min(g0 + ng, self.G)), slice(h0, min(h0 + nh, self.H)))
 
-    def scan(self, a, b, h0, mono, P):
-        "h in place on b (..., Lp): chunked where safe, else exact."
-        R = b.numel() // self.Lp
-        a2, b2 = a.view(R, self.Lp), b.view(R, self.Lp)
-        h0 = None if h0 is None else h0.reshape(R)
-        if _linrec_chunked_(a2, b2, P.view(R, self.Lp), self.T, h0, mono) is None: return None
-        return b
+# %% ../nbs/03_ssm.ipynb #f4de36df
+@patch
+def scan(self: _Scan, a, b, h0, mono, P):
+    "h in place on b (..., Lp): chunked where safe, else exact."
+    R = b.numel() // self.Lp
+    a2, b2 = a.view(R, self.Lp), b.view(R, self.Lp)
+    h0 = None if h0 is None else h0.reshape(R)
+    if _linrec_chunked_(a2, b2, P.view(R, self.Lp), self.T, h0, mono) is None: return None
+    return b
 
-    def recompute(self, b, g, h):
-        "Block forward: xn = -(delta+bias), d = Delta (padded), du = Delta*u (padded), a = exp(Delta*A), hs = h."
-        L, Lp = self.L, self.Lp
-        draw, u, A = self.delta[b, g, h], self.u[b, g, h], self.A[:, g, h]
-        ss, bs_ = (*draw.shape[:3], 1, Lp), (*draw.shape[:3], self.N, Lp)
-        d, du, hs = self.ws("d", ss), self.ws("du", ss), self.ws("h", bs_)
-        if Lp > L: d[..., L:] = 0; du[..., L:] = 0; hs[..., L:] = 0
-        xn = None
-        if self.softplus:
-            xn = self.ws("xn", (*ss[:4], L))
-            torch.sub(self.nbias[:, g, h], draw, out=xn) if self.nbias is not None else torch.neg(draw, out=xn)
-            _softplus_from_neg(xn, d[..., :L])
-        elif self.nbias is not None: torch.sub(draw, self.nbias[:, g, h], out=d[..., :L])
-        else: d[..., :L].copy_(draw)
-        torch.mul(d[..., :L], u, out=du[..., :L])
-        a = torch.mul(d, A * _LOG2E, out=self.ws("a", bs_)).exp2_()      # exp(Delta*A); 1 on the padding
-        Bb = _sl(self.B, b, g, h)
+# %% ../nbs/03_ssm.ipynb #e2806dec
+@patch
+def recompute(self: _Scan, b, g, h):
+    "Block forward: xn = -(delta+bias), d = Delta (padded), du = Delta*u (padded), a = exp(Delta*A), hs = h."
+    L, Lp = self.L, self.Lp
+    draw, u, A = self.delta[b, g, h], self.u[b, g, h], self.A[:, g, h]
+    ss, bs_ = (*draw.shape[:3], 1, Lp), (*draw.shape[:3], self.N, Lp)
+    d, du, hs = self.ws("d", ss), self.ws("du", ss), self.ws("h", bs_)
+    if Lp > L: d[..., L:] = 0; du[..., L:] = 0; hs[..., L:] = 0
+    xn = None
+    if self.softplus:
+        xn = self.ws("xn", (*ss[:4], L))
+        torch.sub(self.nbias[:, g, h], draw, out=xn) if self.nbias is not None else torch.neg(draw, out=xn)
+        _softplus_from_neg(xn, d[..., :L])
+    elif self.nbias is not None: torch.sub(draw, self.nbias[:, g, h], out=d[..., :L])
+    else: d[..., :L].copy_(draw)
+    torch.mul(d[..., :L], u, out=du[..., :L])
+    a = torch.mul(d, A * _LOG2E, out=self.ws("a", bs_)).exp2_()      # exp(Delta*A); 1 on the padding
+    Bb = _sl(self.B, b, g, h)
+    torch.mul(du[..., :L], Bb, out=hs[..., :L])
+    mono = self.a_le_1 and (self.softplus or bool(d.amin() >= 0))
+    if self.scan(a, hs, None, mono, self.ws("P", bs_)) is None:          # unsafe for the chunked form: exact
         torch.mul(du[..., :L], Bb, out=hs[..., :L])
-        mono = self.a_le_1 and (self.softplus or bool(d.amin() >= 0))
-        if self.scan(a, hs, None, mono, self.ws("P", bs_)) is None:          # unsafe for the chunked form: exact
-            torch.mul(du[..., :L], Bb, out=hs[..., :L])
-            _linrec_exact_(a.view(-1, Lp), hs.view(-1, Lp))
-        return xn, d, du, a, hs, mono
+        _linrec_exact_(a.view(-1, Lp), hs.view(-1, Lp))
+    return xn, d, du, a, hs, mono
 
-    def fwd1(self, b, g, h, out):
-        "N=1 block forward with 3 work tensors: out = C*h + D*u; returns (h*k, 1/k) or None where the chunked form is unsafe."
-        L, Lp = self.L, self.Lp
-        draw, u, A = self.delta[b, g, h], self.u[b, g, h], self.A[:, g, h]
-        ss = (*draw.shape[:3], 1, Lp)
-        l, hs = self.ws("d", ss), self.ws("h", ss)
-        if Lp > L: l[..., L:] = 0; hs[..., L:] = 0
-        lv = l[..., :L]                                          # l = k*Delta
-        if self.softplus:                                        # k = -log2(e): l = log2(sigmoid(-x)), no rescaling pass
-            torch.sub(self.nbias[:, g, h], draw, out=lv) if self.nbias is not None else torch.neg(draw, out=lv)
-            xn = lv.clone() if bool(lv.amin() < -80) else None   # sigmoid(-x) underflows: softplus(x) = x
-            torch.sigmoid(lv, out=lv).log2_()
-            if xn is not None: torch.where(xn < -80, xn * _LOG2E, lv, out=lv)
-            k = -_LOG2E
-        else:
-            torch.sub(draw, self.nbias[:, g, h], out=lv) if self.nbias is not None else lv.copy_(draw)
-            k = 1.0
-        torch.mul(lv, u, out=hs[..., :L]).mul_(_sl(self.B, b, g, h))    # k*Delta*u*B
-        a = torch.mul(l, A * (_LOG2E / k), out=self.ws("a", ss)).exp2_()  # exp(Delta*A); 1 on the padding
-        mono = self.a_le_1 and (self.softplus or bool(lv.amin() >= 0))
-        if self.scan(a, hs, None, mono, a) is None: return None       # a doubles as the scan's P workspace
-        torch.mul(hs[..., :L], _sl(self.C, b, g, h) * (1 / k), out=out)
-        if self.D is not None: out.addcmul_(u, self.D[:, g, h])
-        return hs, 1 / k
+# %% ../nbs/03_ssm.ipynb #2ac88e7d
+@patch
+def fwd1(self: _Scan, b, g, h, out):
+    "N=1 block forward with 3 work tensors: out = C*h + D*u; returns (h*k, 1/k) or None where the chunked form is unsafe."
+    L, Lp = self.L, self.Lp
+    draw, u, A = self.delta[b, g, h], self.u[b, g, h], self.A[:, g, h]
+    ss = (*draw.shape[:3], 1, Lp)
+    l, hs = self.ws("d", ss), self.ws("h", ss)
+    if Lp > L: l[..., L:] = 0; hs[..., L:] = 0
+    lv = l[..., :L]                                          # l = k*Delta
+    if self.softplus:                                        # k = -log2(e): l = log2(sigmoid(-x)), no rescaling pass
+        torch.sub(self.nbias[:, g, h], draw, out=lv) if self.nbias is not None else torch.neg(draw, out=lv)
+        xn = lv.clone() if bool(lv.amin() < -80) else None   # sigmoid(-x) underflows: softplus(x) = x
+        torch.sigmoid(lv, out=lv).log2_()
+        if xn is not None: torch.where(xn < -80, xn * _LOG2E, lv, out=lv)
+        k = -_LOG2E
+    else:
+        torch.sub(draw, self.nbias[:, g, h], out=lv) if self.nbias is not None else lv.copy_(draw)
+        k = 1.0
+    torch.mul(lv, u, out=hs[..., :L]).mul_(_sl(self.B, b, g, h))    # k*Delta*u*B
+    a = torch.mul(l, A * (_LOG2E / k), out=self.ws("a", ss)).exp2_()  # exp(Delta*A); 1 on the padding
+    mono = self.a_le_1 and (self.softplus or bool(lv.amin() >= 0))
+    if self.scan(a, hs, None, mono, a) is None: return None       # a doubles as the scan's P workspace
+    torch.mul(hs[..., :L], _sl(self.C, b, g, h) * (1 / k), out=out)
+    if self.D is not None: out.addcmul_(u, self.D[:, g, h])
+    return hs, 1 / k
 
-    def y(self, hs, b, g, h, out):
-        "out = sum_n h*C + D*u for a block (nb, G, nh, 1, L)."
-        L, Cb = self.L, _sl(self.C, b, g, h)
-        if self.D is not None: torch.mul(self.u[b, g, h], self.D[:, g, h], out=out)
-        else: out.zero_()
-        if self.N == 1: return out.addcmul_(hs[..., :L], Cb)
-        return out.add_(torch.mul(hs[..., :L], Cb, out=self.ws("tmp", hs[..., :L].shape)).sum(-2, keepdim=True))
+# %% ../nbs/03_ssm.ipynb #74a66b67
+@patch
+def y(self: _Scan, hs, b, g, h, out):
+    "out = sum_n h*C + D*u for a block (nb, G, nh, 1, L)."
+    L, Cb = self.L, _sl(self.C, b, g, h)
+    if self.D is not None: torch.mul(self.u[b, g, h], self.D[:, g, h], out=out)
+    else: out.zero_()
+    if self.N == 1: return out.addcmul_(hs[..., :L], Cb)
+    return out.add_(torch.mul(hs[..., :L], Cb, out=self.ws("tmp", hs[..., :L].shape)).sum(-2, keepdim=True))
 
 # %% ../nbs/03_ssm.ipynb #408eab63
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus):
@@ -401,6 +418,7 @@ def _cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
     return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
               return_last_state=return_last_state)
 
+# %% ../nbs/03_ssm.ipynb #13f97ec5
 SCAN_BACKENDS = {
     "auto": "mamba-ssm's CUDA kernel for fp16/bf16/fp32 CUDA tensors when it imports, else 'torch'",
     "torch": "fast pure-PyTorch chunked scan (CPU and CUDA), autograd incl. the last state",
@@ -418,9 +436,8 @@ def get_scan_backend(name: str,  # a name from `list_scan_backends()`
                     ):
     "The scan function for backend `name` ('auto' resolved against `u`)."
     if name not in SCAN_BACKENDS:
-        close = difflib.get_close_matches(str(name), list(SCAN_BACKENDS), n=1)
         raise ScanBackendError(f"unknown selective-scan backend {name!r}; valid: {', '.join(SCAN_BACKENDS)}"
-                               + (f" (did you mean {close[0]!r}?)" if close else ""))
+                               + did_you_mean(name, SCAN_BACKENDS, n=1))
     if name == "auto":
         name = "cuda" if (u is not None and u.is_cuda and u.dtype != torch.float64
                           and not isinstance(_mamba_scan_fn(), str)) else "torch"

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
 from timm.layers import LayerNorm2d, register_notrace_function
 from .ssm import get_scan_backend, selective_scan
@@ -110,6 +111,7 @@ def parse_forward_type(forward_type: str) -> SS2DSpec:
     return SS2DSpec(False, not tags["noz"], not tags["nozact"], tags["oact"], out_norm,
                     ft in ("v01", "v02", "v03", "v2") and not tags["no32"])
 
+# %% ../nbs/03a_ssm_cross.ipynb #c2e3247e
 class SpatialSoftmax(nn.Module):
     "Softmax over the spatial positions of each channel of an NCHW map."
     def forward(self, x): return x.flatten(2).softmax(-1).view_as(x)
@@ -157,37 +159,43 @@ class SS2D(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._init_ssm(initialize, dt_min, dt_max, dt_scale, dt_init_floor)
 
-    @torch.no_grad()
-    def _init_ssm(self, initialize, dt_min, dt_max, dt_scale, dt_init_floor):
-        K, Di, R = self.dt_projs_weight.shape
-        self.x_proj_weight.uniform_(-Di ** -0.5, Di ** -0.5)      # nn.Linear(Di, R+2N) default init, per direction
-        self.Ds.fill_(1.0)
-        if initialize == "v0":
-            self.dt_projs_weight.uniform_(-dt_scale * R ** -0.5, dt_scale * R ** -0.5)
-            lo, hi = math.log(dt_min), math.log(dt_max)
-            dt = torch.exp(torch.rand(K, Di) * (hi - lo) + lo).clamp(min=dt_init_floor)
-            self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(4 * Di, 1))
-        elif initialize == "v1":
-            self.A_logs.normal_(); self.dt_projs_weight.normal_().mul_(0.1); self.dt_projs_bias.normal_().mul_(0.1)
-        elif initialize == "v2":
-            self.A_logs.zero_(); self.dt_projs_weight.uniform_().mul_(0.1); self.dt_projs_bias.uniform_().mul_(0.1)
-        else: raise ValueError(f"unknown ssm_init {initialize!r}; valid: v0, v1, v2")
-
     def set_backend(self, backend: str):
         "Select the selective-scan backend ('auto', 'torch', 'cuda', 'ref', …)."
         get_scan_backend(backend)  # validates the name
         self.backend = backend
 
-    def forward(self, x):
-        x = self.in_proj(x)
-        if self.spec.z:
-            x, z = x.chunk(2, dim=1)
-            if self.spec.z_act: z = self.act(z)
-        if self.conv2d is not None: x = self.conv2d(x)
-        x = self.act(x)
-        y = cross_selective_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
-                                 backend=self.backend, force_fp32=self.spec.force_fp32)
-        y = self.out_act(self.out_norm(y.to(x.dtype)))
-        if self.spec.z: y = y * z
-        return self.dropout(self.out_proj(y))
+# %% ../nbs/03a_ssm_cross.ipynb #9f3fd9d2
+@patch
+@torch.no_grad()
+def _init_ssm(self: SS2D, initialize, dt_min, dt_max, dt_scale, dt_init_floor):
+    "Initialise the SSM parameters: `initialize` 'v0' (mamba init), 'v1' (random) or 'v2' (constant)."
+    K, Di, R = self.dt_projs_weight.shape
+    self.x_proj_weight.uniform_(-Di ** -0.5, Di ** -0.5)      # nn.Linear(Di, R+2N) default init, per direction
+    self.Ds.fill_(1.0)
+    if initialize == "v0":
+        self.dt_projs_weight.uniform_(-dt_scale * R ** -0.5, dt_scale * R ** -0.5)
+        lo, hi = math.log(dt_min), math.log(dt_max)
+        dt = torch.exp(torch.rand(K, Di) * (hi - lo) + lo).clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(4 * Di, 1))
+    elif initialize == "v1":
+        self.A_logs.normal_(); self.dt_projs_weight.normal_().mul_(0.1); self.dt_projs_bias.normal_().mul_(0.1)
+    elif initialize == "v2":
+        self.A_logs.zero_(); self.dt_projs_weight.uniform_().mul_(0.1); self.dt_projs_bias.uniform_().mul_(0.1)
+    else: raise ValueError(f"unknown ssm_init {initialize!r}; valid: v0, v1, v2")
+
+# %% ../nbs/03a_ssm_cross.ipynb #0a15106e
+@patch
+def forward(self: SS2D, x):
+    "NCHW map `(B, d_model, H, W)` in, same shape out."
+    x = self.in_proj(x)
+    if self.spec.z:
+        x, z = x.chunk(2, dim=1)
+        if self.spec.z_act: z = self.act(z)
+    if self.conv2d is not None: x = self.conv2d(x)
+    x = self.act(x)
+    y = cross_selective_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                             backend=self.backend, force_fp32=self.spec.force_fp32)
+    y = self.out_act(self.out_norm(y.to(x.dtype)))
+    if self.spec.z: y = y * z
+    return self.dropout(self.out_proj(y))

@@ -38,6 +38,7 @@ def _registry() -> tuple[dict, dict]:
         _STATE.update(specs=ok, unavailable=bad)
     return _STATE["specs"], _STATE["unavailable"]
 
+# %% ../../nbs/04e_backbones.registry.ipynb #87491809
 def list_encoders(family: str | None = None, # only this family (case-insensitive), e.g. "vmamba"
                   pico: bool | None = None,   # only CPU-study configs (True) or only real encoders (False)
                  ) -> list[str]:
@@ -72,6 +73,7 @@ def resolve_cfg(model) -> dict:
     from timm.data import resolve_model_data_config
     return resolve_model_data_config(model)
 
+# %% ../../nbs/04e_backbones.registry.ipynb #a6cd760b
 def create_encoder(id: str,                       # registry id (`list_encoders()`)
                    pretrained: str | None = None, # None/"" random, "hub" published weights, or a local checkpoint path
                    tap: str | None = None,        # override the paper's tap, e.g. "block -1", "stage 4", "stage 3 layer 10"
@@ -121,6 +123,7 @@ def _fingerprint(spec: EncoderSpec) -> str:
     for m in [core, zoo] + ([sys.modules[spec.requires]] if spec.requires else []): h.update(Path(m.__file__).read_bytes())
     return h.hexdigest()[:24]
 
+# %% ../../nbs/04e_backbones.registry.ipynb #ee1cf7f4
 def _compute_row(spec: EncoderSpec) -> dict:
     from vlmssm.backbones.zoo import _weights_of
     enc = create_encoder(spec.id, device="meta")
@@ -132,6 +135,7 @@ def _compute_row(spec: EncoderSpec) -> dict:
                 timm_name=spec.source if spec.build.__name__ == "timm_build" else "",
                 weights="(trained by the study)" if spec.pico else (spec.weights or _weights_of(spec.source)))
 
+# %% ../../nbs/04e_backbones.registry.ipynb #c01f2687
 def encoder_row(id: str) -> dict:
     "One `encoders_table` row (exact tokens and parameters from a meta build), cached on disk by a code+spec fingerprint."
     if id not in _ROWS:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 import numpy as np, torch
 from torch import nn
+from fastcore.basics import patch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..utils import atomic_file, is_offline
 from ..geometry import Preprocess, Geometry, build_preprocess, strategy_input_size, check_strategy
@@ -34,6 +35,7 @@ class Tap:
         return g[0] * g[1]
     def __repr__(self): return f"{type(self).__name__}({self.label})"
 
+# %% ../../nbs/04_backbones.core.ipynb #da3a57d7
 class BlockTap(Tap):
     "timm ViT-style models: output of block `index` (negative = from the end), no final norm, prefix tokens dropped."
     def __init__(self, index: int = -2): self.index, self.label = index, f"block {index}"
@@ -47,6 +49,7 @@ class BlockTap(Tap):
                                            output_fmt="NLC", intermediates_only=True, stop_early=True)[0]
     def grid(self, model, h, w): return tuple(model.patch_embed.dynamic_feat_size((h, w)))
 
+# %% ../../nbs/04_backbones.core.ipynb #cde14169
 class StageTap(Tap):
     "timm hierarchical models: output of `stages[stage-1]` (1-based), no norm, flattened row-major to `(B, h·w, C)`."
     def __init__(self, stage: int = 3, rounding: str = "ceil"):
@@ -65,6 +68,7 @@ class StageTap(Tap):
         r = model.feature_info[self.feature_index(model)]["reduction"]
         return _div(h, r, self.rounding), _div(w, r, self.rounding)
 
+# %% ../../nbs/04_backbones.core.ipynb #46aef7b9
 class MethodTap(Tap):
     "Models with their own tap method (e.g. the SSM families' `forward_tap(x, stage=3)`); NCHW outputs are flattened row-major."
     def __init__(self,
@@ -97,6 +101,7 @@ class MultiPreprocess:
     def pil(self, img): return self.parts[0].pil(img)
     def __repr__(self): return f"MultiPreprocess({self.parts})"
 
+# %% ../../nbs/04_backbones.core.ipynb #85458a0e
 class Encoder(nn.Module):
     "A vision encoder of the study: `forward(pixels) → (B, N, D)` patch tokens plus everything the rest of vlmssm asks about it."
     def __init__(self,
@@ -130,20 +135,23 @@ class Encoder(nn.Module):
             raise ValueError(f"encoder {self.id!r} expects pixels of shape (B, {self.in_chans}, H, W), got {tuple(pixels.shape)}")
         return self.tap(self.model, pixels)
 
-    @property
-    def default_resolution(self) -> tuple[int, int]: return self.resolution
-    @property
-    def normalization(self) -> dict: return {"mean": self.mean, "std": self.std}
+# %% ../../nbs/04_backbones.core.ipynb #e4bff3a7
+@patch(as_prop=True)
+def default_resolution(self: Encoder) -> tuple[int, int]: return self.resolution
+@patch(as_prop=True)
+def normalization(self: Encoder) -> dict: return {"mean": self.mean, "std": self.std}
 
-    def token_grid(self, h: int | None = None, w: int | None = None) -> tuple[int, int] | None:
-        "The token grid `(rows, cols)` for an `h×w` input (default: the native resolution)."
-        h, w = (h, w) if h else self.resolution
-        return self.tap.grid(self.model, h, w)
+@patch
+def token_grid(self: Encoder, h: int | None = None, w: int | None = None) -> tuple[int, int] | None:
+    "The token grid `(rows, cols)` for an `h×w` input (default: the native resolution)."
+    h, w = (h, w) if h else self.resolution
+    return self.tap.grid(self.model, h, w)
 
-    def num_tokens(self, h: int | None = None, w: int | None = None) -> int:
-        "Exact number of tokens for an `h×w` input (default: the native resolution)."
-        h, w = (h, w) if h else self.resolution
-        return self.tap.num_tokens(self.model, h, w)
+@patch
+def num_tokens(self: Encoder, h: int | None = None, w: int | None = None) -> int:
+    "Exact number of tokens for an `h×w` input (default: the native resolution)."
+    h, w = (h, w) if h else self.resolution
+    return self.tap.num_tokens(self.model, h, w)
 
 # %% ../../nbs/04_backbones.core.ipynb #d7635c79
 def _meta_state(module: nn.Module, grad: bool) -> dict:
@@ -159,6 +167,7 @@ def meta_forward(enc: Encoder, h: int | None = None, w: int | None = None, grad:
         out = torch.func.functional_call(enc, {**ps, **bs}, (x,), strict=False, tie_weights=True)
     return out, ps
 
+# %% ../../nbs/04_backbones.core.ipynb #295ce3aa
 class MetaUnsupported(RuntimeError):
     "The model makes a data-dependent decision (`.item()`), so it cannot run on the meta device."
 
@@ -187,6 +196,7 @@ def probe(enc: Encoder) -> dict:
     enc._cache["probe"] = {"embed_dim": int(out.shape[-1]), "used": used}
     return enc._cache["probe"]
 
+# %% ../../nbs/04_backbones.core.ipynb #5d90b06b
 def _embed_dim(enc: Encoder) -> int: return probe(enc)["embed_dim"]
 
 def param_count(enc: Encoder) -> dict:
@@ -279,6 +289,7 @@ def _read(p: Path, allow_unsafe_pickle: bool):
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(p, map_location="cpu", weights_only=True)
 
+# %% ../../nbs/04_backbones.core.ipynb #a082bda9
 def read_checkpoint(path,                            # .safetensors, torch file (.pth/.pt/.bin/.pth.tar) or detectron2 .pkl
                     allow_unsafe_pickle: bool = False,  # trusted files only: a full unpickle (can run code), with a warning
                    ) -> dict:
@@ -319,6 +330,7 @@ def load_state_dict_checked(model: nn.Module,
                            f"{len(unexpected)} unexpected{eg(unexpected)}, {len(shapes)} shape mismatches{eg(shapes)}")
     model.load_state_dict(sd, strict=False)
 
+# %% ../../nbs/04_backbones.core.ipynb #f8eabf22
 def load_checkpoint_into(model: nn.Module,
                          path,                              # a checkpoint file (`read_checkpoint`)
                          filter_fn: Callable | None = None,  # the family's pure `checkpoint_filter_fn(state_dict, model)`
@@ -351,6 +363,7 @@ def save_encoder(enc: Encoder, path, **metadata) -> Path:
     with atomic_file(path) as tmp: save_file(sd, str(tmp), metadata=md)
     return Path(path)
 
+# %% ../../nbs/04_backbones.core.ipynb #04c65c3f
 def classifier_prefixes(enc: Encoder) -> tuple[str, ...]:
     "State-dict prefixes of the classifier(s), which may differ between a checkpoint and the encoder."
     out = ["head."]
@@ -361,6 +374,7 @@ def classifier_prefixes(enc: Encoder) -> tuple[str, ...]:
     out += [f"model.{c}." for c in ([name] if isinstance(name, str) else (name or []))]
     return tuple(dict.fromkeys(out))
 
+# %% ../../nbs/04_backbones.core.ipynb #11410527
 def load_weights(enc: Encoder, path, filter_fn: Callable | None = None) -> Encoder:
     "Load a checkpoint into `enc`; only classifier weights may be missing, unexpected or differently shaped."
     sd = unwrap_state_dict(read_checkpoint(path))
