@@ -185,3 +185,20 @@ def test_real_architectures_small_input(name, size):
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode(): out = model(x)
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------- checkpoint files (one contract for every family)
+@pytest.mark.parametrize("name", TEST_MODELS)
+def test_load_pretrained_every_layout_and_every_broken_file(name, tmp_path):
+    "Each family's `load_pretrained` reads its weights in every layout a release or training script writes, and refuses every broken or hostile file with one `WeightsError` line naming it (`vlmssm.test_utils.check_load_pretrained`)."
+    from vlmssm.test_utils import check_load_pretrained
+    torch.manual_seed(0)
+    src = timm.create_model(name).eval()
+    with torch.no_grad():
+        for p in src.parameters(): p.add_(0.01 * torch.randn_like(p))   # every tensor distinct from a fresh init
+    x = torch.randn(1, *_input_size(name))
+    def load(path):
+        torch.manual_seed(1); m = timm.create_model(name).eval(); m.load_pretrained(path); return m
+    def same(m):
+        with torch.no_grad(): assert torch.equal(m(x), src(x))
+    check_load_pretrained(load, same, tmp_path, src.state_dict())
