@@ -29,3 +29,10 @@ def test_user_errors_are_one_line(tmp_path):
         r = run(*args)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert msg in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+
+def test_hyphenated_options(tmp_path):
+    "Options take the spelling people type (`--run-dir`, `--max-new-tokens`) as well as the parameter's own."
+    r = run("study", "--preset", "smoke", "--only", "dtaa", "--run-dir", str(tmp_path))
+    assert r.returncode == 2 and "unknown stage 'dtaa'" in r.stderr, r.stderr       # parsed: the run dir was accepted
+    r = run("chat", "--run", str(tmp_path), "--max-new-tokens", "4")
+    assert r.returncode == 2 and "missing --image, --prompt" in r.stderr, r.stderr

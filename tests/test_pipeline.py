@@ -146,3 +146,11 @@ def test_force_starts_afresh(stages, tmp_path):
     with pytest.raises(StageFailed): run_study("smoke", run_dir=rd, stages_path=stages, progress=False)
     with pytest.raises(StageFailed, match="interrupted"):  # --force discards the partial folder: the first attempt again
         run_study("smoke", run_dir=rd, stages_path=stages, progress=False, force=True)
+
+def test_console_gets_no_kernel_startup_warnings(tmp_path, capfd):
+    "The stage kernel's own start-up warnings (e.g. 'Kernel is running over TCP without encryption') do not reach the console."
+    d = tmp_path/"stages"; d.mkdir()
+    make_stage(d, "00_first", WRITE)
+    run_study("smoke", run_dir=tmp_path/"run", stages_path=d, progress=False)
+    err = capfd.readouterr().err
+    assert "IPKernelApp" not in err and "without encryption" not in err, err[-500:]

@@ -12,7 +12,7 @@ from .utils import did_you_mean
 from .pipeline import StageFailed, discover_stages, run_study
 
 # %% auto #0
-__all__ = ['COMMANDS', 'study', 'stages', 'presets', 'config', 'encoders', 'chat', 'main']
+__all__ = ['COMMANDS', 'study', 'stages', 'presets', 'config', 'encoders', 'chat', 'underscore_options', 'main']
 
 # %% ../nbs/16_cli.ipynb #7a25faf5
 def study(preset: str = "default",  # preset name (`vlmssm presets`)
@@ -72,6 +72,15 @@ COMMANDS = dict(study=study, stages=stages, presets=presets, config=config, enco
 # %% ../nbs/16_cli.ipynb #dbd0b358
 _USER_ERRORS = (ConfigError, StageFailed, FileNotFoundError, KeyError, ValueError)
 
+def underscore_options(args: list[str], func) -> list[str]:
+    "`--run-dir X` / `--run-dir=X` → `--run_dir …` for `func`'s parameters: options take the spelling people type too."
+    names = set(inspect.signature(func).parameters)
+    def fix(a):
+        if not a.startswith("--") or "-" not in a[2:]: return a
+        opt, eq, val = a[2:].partition("=")
+        return f"--{opt.replace('-', '_')}{eq}{val}" if opt.replace("-", "_") in names else a
+    return [fix(a) for a in args]
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `vlmssm` console script."
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlmssm: unknown command {name!r}{did_you_mean(name, COMMANDS)}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     func = COMMANDS[name]
-    args = vars(anno_parser(func, prog=f"vlmssm {name}").parse_args(rest))
+    args = vars(anno_parser(func, prog=f"vlmssm {name}").parse_args(underscore_options(rest, func)))
     try: func(**{k: v for k, v in args.items() if k in inspect.signature(func).parameters})
     except _USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -12,11 +12,11 @@ from .config import StudyConfig, ConfigError, load_config, save_config, to_dict,
 from .utils import atomic_dir, atomic_file, atomic_write, content_hash, did_you_mean, move_into_place, stale_temporaries
 
 # %% auto #0
-__all__ = ['UNKEYED', 'ALWAYS_KEYED', 'repo_root', 'stages_dir', 'Stage', 'read_stage', 'discover_stages', 'select_stages',
-           'make_stage', 'notebook_hash', 'stage_key', 'why_run', 'section_of', 'undeclared_reads', 'ConfigReads',
-           'recording', 'seed_everything', 'resolve_run_dir', 'StageContext', 'package_versions', 'git_commit',
-           'file_list', 'work_dir', 'clean_stale', 'StageFailed', 'execute_stage', 'checked_reads', 'run_stage',
-           'read_manifest', 'publish_figures', 'run_study']
+__all__ = ['UNKEYED', 'ALWAYS_KEYED', 'KERNEL_ARGS', 'repo_root', 'stages_dir', 'Stage', 'read_stage', 'discover_stages',
+           'select_stages', 'make_stage', 'notebook_hash', 'stage_key', 'why_run', 'section_of', 'undeclared_reads',
+           'ConfigReads', 'recording', 'seed_everything', 'resolve_run_dir', 'StageContext', 'package_versions',
+           'git_commit', 'file_list', 'work_dir', 'clean_stale', 'StageFailed', 'execute_stage', 'checked_reads',
+           'run_stage', 'read_manifest', 'publish_figures', 'run_study']
 
 # %% ../nbs/15_pipeline.ipynb #05e41cfe
 def repo_root(start: Path | None = None) -> Path | None:
@@ -346,14 +346,16 @@ def clean_stale(run_dir: Path,  # the study run directory
 class StageFailed(RuntimeError):
     "A stage notebook failed; the message is one line: stage, cell, error."
 
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # the kernel's own start-up warnings (TCP transport) say nothing to the user
+
 def execute_stage(stage: Stage, work: Path, params: dict, timeout: int, progress: bool = True):
     "Run `stage`'s notebook with papermill into `work`; a failure becomes one `StageFailed` line."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     t0, nb = time.time(), work/f"{stage.name}.ipynb"
     try:
-        pm.execute_notebook(str(stage.path), str(nb), parameters=params, kernel_name="python3",
-                            progress_bar=progress, cwd=str(Path.cwd()), execution_timeout=timeout)
+        pm.execute_notebook(str(stage.path), str(nb), parameters=params, kernel_name="python3", progress_bar=progress,
+                            cwd=str(Path.cwd()), execution_timeout=timeout, extra_arguments=KERNEL_ARGS)
     except PapermillExecutionError as e:
         ev = str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ""
         raise StageFailed(f"stage {stage.name} failed in cell {e.cell_index}: {e.ename}: {ev} (executed notebook: {nb}; a rerun resumes in its folder)") from None
