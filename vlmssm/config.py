@@ -174,7 +174,7 @@ class RuntimeConfig:
     device: str = "auto"  # `auto` (CUDA if available, else CPU), `cpu`, `cuda`, `cuda:N`
     num_threads: int = 1  # torch threads per process (parallel single-thread processes beat 2 threads on small CPUs)
     jobs: int = 1  # independent runs executed in parallel processes
-    stage_timeout: int = 7200  # seconds a stage cell may run before the runner stops it
+    stage_timeout: int = 0  # seconds one stage cell may run before the runner stops it (0 = no limit: a slow machine gets a slower study, not a failed one)
 
 # %% ../nbs/00a_config.ipynb #b26ba6ee
 @dataclass

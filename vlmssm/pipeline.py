@@ -388,7 +388,7 @@ def run_stage(stage: Stage, cfg: StudyConfig, run_dir: Path, key: str, parts: di
     work.mkdir(parents=True, exist_ok=True)
     params = dict(preset=cfg.name, config_path=str(config_path), run_dir=str(run_dir), out_dir=str(work))
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc).isoformat()
-    execute_stage(stage, work, params, cfg.runtime.stage_timeout, progress)
+    execute_stage(stage, work, params, cfg.runtime.stage_timeout or None, progress)
     reads = checked_reads(stage, work)
     summary = json.loads((work/"summary.json").read_text()) if (work/"summary.json").exists() else {}
     manifest = dict(stage=stage.name, status="ok", key=key, run_id=content_hash([key, started]), inputs=parts, config_reads=reads,
