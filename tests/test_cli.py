@@ -22,7 +22,7 @@ def test_user_errors_are_one_line(tmp_path):
              (("config", "--preset", "smoke", "--set", "train.lr=fast"), "config key 'train.lr': expected float"),
              (("config", "--preset", "paper"), "missing path(s) or weight(s)"),
              (("nosuch",), "unknown command 'nosuch'"),
-             (("chat", "--run", str(tmp_path)), "missing --image, --prompt")]
+             (("chat", "--run", str(tmp_path)), "missing --image")]
     bad = tmp_path/"bad.yaml"; bad.write_text("inherit: smoke\ndata: {n_trian: 3}\n")
     cases.append((("config", "--preset", str(bad)), "unknown config key 'data.n_trian' (did you mean 'n_train'?)"))
     for args, msg in cases:
@@ -35,4 +35,4 @@ def test_hyphenated_options(tmp_path):
     r = run("study", "--preset", "smoke", "--only", "dtaa", "--run-dir", str(tmp_path))
     assert r.returncode == 2 and "unknown stage 'dtaa'" in r.stderr, r.stderr       # parsed: the run dir was accepted
     r = run("chat", "--run", str(tmp_path), "--max-new-tokens", "4")
-    assert r.returncode == 2 and "missing --image, --prompt" in r.stderr, r.stderr
+    assert r.returncode == 2 and "missing --image" in r.stderr, r.stderr

@@ -43,3 +43,25 @@ def test_chat_answers_from_a_trained_run(smoke_run):
     summary = json.loads((rd/"30_vlm_train"/"summary.json").read_text())
     assert (rd/"30_vlm_train"/"val_vs_blind.csv").exists() and "best_minus_blind_vqa_acc" in summary
     assert summary["best_grounding_acc@0.5"] >= summary["best_val_acc@0.5"] and summary["best_grounding_encoder"] != "blind"
+
+def test_chat_prompts_like_training_and_talks(smoke_run):
+    "A run records its prompt conventions; chat applies them (a question gets the short-answer suffix) unless `--raw`; without `--prompt` it is a multi-turn conversation read line by line."
+    import subprocess, sys
+    from vlmssm.vlm import ChatSession, VLM, apply_conventions
+    from vlmssm.data.tasks import VQA_SUFFIX
+    rd, _ = smoke_run
+    run = next(p for p in sorted((rd/"30_vlm_train"/"runs").iterdir()) if not p.name.startswith("blind"))
+    image = sorted((rd/"00_data"/"scenes"/"images"/"val").iterdir())[0]
+    assert VLM.from_pretrained(run/"model").spec["prompting"]["answer_suffix"] == VQA_SUFFIX
+    s = ChatSession(str(run), str(image), max_new_tokens=4)
+    q = "What color is the large object?"
+    ans = s.ask(q)
+    assert s.history[0]["value"] == q + VQA_SUFFIX
+    assert ans == s.vlm.generate([q + VQA_SUFFIX], pixel_values=s.px, max_new_tokens=4)[0]
+    assert ChatSession(str(run), str(image), max_new_tokens=4, raw=True).ask(q) == s.vlm.generate([q], pixel_values=s.px, max_new_tokens=4)[0]
+    lines = [q, "How many objects are there?"]
+    r = subprocess.run([str(Path(sys.executable).parent/"vlmssm"), "chat", "--run", str(run), "--image", str(image), "--max-new-tokens", "4"],
+                       input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-500:]
+    t = ChatSession(str(run), str(image), max_new_tokens=4)
+    assert r.stdout == "".join(t.ask(m) + "\n" for m in lines)           # the same turns, the second with the first as history

@@ -58,14 +58,22 @@ def encoders(family: str = None):  # only this family
 
 def chat(run: str = "",  # a trained VLM run directory (`--run DIR`)
          image: str = "",  # an image file
-         prompt: str = "",  # the question
-         max_new_tokens: int = 64,  # generation budget
+         prompt: str = "",  # the question; without it, an interactive conversation (one message per line)
+         max_new_tokens: int = 64,  # generation budget per answer
+         raw: store_true = False,  # send messages as typed (no short-answer suffix from the run's prompt conventions)
         ):
-    "Answer a question about an image with a trained VLM: `vlmssm chat --run DIR --image X --prompt TEXT`."
-    missing = [f"--{k}" for k, v in (("run", run), ("image", image), ("prompt", prompt)) if not v]
-    if missing: raise ValueError(f"missing {', '.join(missing)} (usage: vlmssm chat --run DIR --image X --prompt TEXT)")
-    from vlmssm.vlm import chat as _chat
-    print(_chat(run, image, prompt, max_new_tokens=max_new_tokens))
+    "Talk about an image with a trained VLM: `vlmssm chat --run DIR --image X [--prompt TEXT]`."
+    missing = [f"--{k}" for k, v in (("run", run), ("image", image)) if not v]
+    if missing: raise ValueError(f"missing {', '.join(missing)} (usage: vlmssm chat --run DIR --image X [--prompt TEXT])")
+    from vlmssm.vlm import ChatSession
+    session = ChatSession(run, image, max_new_tokens=max_new_tokens, raw=raw)
+    if prompt: print(session.ask(prompt)); return
+    print(f"chatting about {image} with {run}; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try: msg = input("> " if sys.stdin.isatty() else "")
+        except EOFError: break
+        if msg.strip() in ("", "exit", "quit"): break
+        print(session.ask(msg), flush=True)
 
 COMMANDS = dict(study=study, stages=stages, presets=presets, config=config, encoders=encoders, chat=chat)
 

@@ -18,7 +18,7 @@ from .utils import atomic_dir, file_sha256
 
 # %% auto #0
 __all__ = ['PLAIN_HEAD_LMS', 'STAGES', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
-           'prismatic_connector_id', 'chat']
+           'prismatic_connector_id', 'apply_conventions', 'ChatSession', 'chat']
 
 # %% ../nbs/07_vlm.ipynb #bbd46229
 def merge_image_tokens(embeds: torch.Tensor,  # (B, L, Dl) token embeddings of the padded batch
@@ -377,20 +377,45 @@ def from_prismatic(cls: VLM, run_dir,  # a Prismatic / authors' release run dire
             "resize": mc.get("image_resize_strategy"), "prismatic": {"run_dir": str(run), "model": mc}}
     return cls(model, tok, conn, encoder, prompt_format="vicuna-v15", image_position="after-bos", spec=spec).eval()
 
+# %% ../nbs/07_vlm.ipynb #eb4fda1b
+def apply_conventions(message: str,  # what the user typed
+                      prompting: dict | None,  # the run's `spec["prompting"]` (None: no record)
+                      raw: bool = False,  # send the message exactly as typed
+                     ) -> str:
+    "The user message as the run was trained to see it (a question gets the run's short-answer suffix)."
+    suffix = (prompting or {}).get("answer_suffix", "")
+    m = message.strip()
+    if raw or not suffix or not m.endswith("?") or m.endswith(suffix.strip()): return message
+    return m + suffix
+
 # %% ../nbs/07_vlm.ipynb #08321dbe
-def chat(run_dir,  # a training run directory (its `model/`) or a directory written by `VLM.save_pretrained`
-         image,  # path to an image file, or a PIL image
-         prompt: str,  # the user message
-         max_new_tokens: int = 128,  # generation budget
-         device: str = "cpu",  # torch device
-         encoder: nn.Module | None = None,  # override the encoder (default: rebuilt from the run's config)
-        ) -> str:
-    "Answer `prompt` about `image` with the VLM saved in `run_dir`."
-    from PIL import Image
-    vlm = VLM.from_pretrained(run_dir, encoder=encoder, device=device)
-    if vlm.blind: return vlm.generate([prompt], max_new_tokens=max_new_tokens)[0]
-    if isinstance(image, (str, Path)):
-        if not Path(image).is_file(): raise FileNotFoundError(f"chat: image {image} not found")
-        image = Image.open(image)
-    px = vlm.encoder.transform(vlm.spec.get("resize") or "letterbox")(image.convert("RGB"))[None]
-    return vlm.generate([prompt], pixel_values=px, max_new_tokens=max_new_tokens)[0]
+class ChatSession:
+    "A multi-turn conversation with a trained VLM about one image."
+    def __init__(self, run_dir,  # a training run directory (its `model/`) or a directory written by `VLM.save_pretrained`
+                 image=None,  # path to an image file, or a PIL image (ignored by a blind run)
+                 max_new_tokens: int = 128,  # generation budget per answer
+                 device: str = "cpu",  # torch device
+                 encoder: nn.Module | None = None,  # override the encoder (default: rebuilt from the run's config)
+                 raw: bool = False,  # send messages exactly as typed (no prompt conventions)
+                ):
+        from PIL import Image
+        self.vlm = VLM.from_pretrained(run_dir, encoder=encoder, device=device)
+        self.max_new_tokens, self.raw, self.history, self.px = max_new_tokens, raw, [], None
+        if self.vlm.blind: return
+        if isinstance(image, (str, Path)):
+            if not Path(image).is_file(): raise FileNotFoundError(f"chat: image {image} not found")
+            image = Image.open(image)
+        if image is None: raise ValueError("chat: this run has an encoder: give an image")
+        self.px = self.vlm.encoder.transform(self.vlm.spec.get("resize") or "letterbox")(image.convert("RGB"))[None]
+
+    def ask(self, message: str) -> str:
+        "Answer `message` after the earlier turns; the turn is kept."
+        m = apply_conventions(message, self.vlm.spec.get("prompting"), self.raw)
+        ans = self.vlm.generate([m], pixel_values=self.px, max_new_tokens=self.max_new_tokens, history=[self.history])[0]
+        self.history += [{"from": "human", "value": m}, {"from": "gpt", "value": ans}]
+        return ans
+
+def chat(run_dir, image, prompt: str, max_new_tokens: int = 128, device: str = "cpu", encoder: nn.Module | None = None,
+         raw: bool = False) -> str:
+    "Answer `prompt` about `image` with the VLM saved in `run_dir` (see `ChatSession`)."
+    return ChatSession(run_dir, image, max_new_tokens, device, encoder, raw).ask(prompt)

@@ -22,7 +22,8 @@ from .vlm import VLM, token_grid
 
 # %% auto #0
 __all__ = ['RUN_SECTIONS', 'llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob',
-           'split_features', 'build_vlm', 'run_job', 'run_config', 'encoder_weights', 'plan_runs', 'train_study']
+           'split_features', 'prompt_conventions', 'build_vlm', 'run_job', 'run_config', 'encoder_weights', 'plan_runs',
+           'train_study']
 
 # %% ../nbs/13_vlm_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -114,6 +115,11 @@ def split_features(cache: FeatureCache, enc, tf, enc_id: str, bench, split: str,
     return cache.features(enc, files, tf, enc_id, ids=rel, weights_hash=weights_hash, progress=progress)
 
 # %% ../nbs/13_vlm_runs.ipynb #0fa7e04e
+def prompt_conventions() -> dict:
+    "How the study's training data prompts: the short-answer suffix of every question and the grounding prompt (LLaVA-1.5's)."
+    from vlmssm.data.tasks import REF_PROMPT, VQA_SUFFIX
+    return {"answer_suffix": VQA_SUFFIX, "grounding_prompt": REF_PROMPT}
+
 def build_vlm(cfg: StudyConfig, lm_path: str, enc=None, enc_ref: dict | None = None) -> VLM:
     "The study's VLM: the shared LM + (for an encoder) a freshly initialised connector."
     lm, tok = load_lm(lm_path, trust_remote_code=cfg.vlm.trust_remote_code)
@@ -123,7 +129,7 @@ def build_vlm(cfg: StudyConfig, lm_path: str, enc=None, enc_ref: dict | None = N
         h, w = enc.input_size(cfg.vlm.resize)
         conn = create_connector(cfg.vlm.connector, enc.embed_dim, lm.config.hidden_size, seed=cfg.vlm.connector_seed,
                                 layernorm=cfg.vlm.connector_layernorm, merge=cfg.vlm.token_merge, grid=token_grid(enc, h, w))
-    spec = {"encoder": enc_ref, "lm": {"source": str(lm_path)}, "resize": cfg.vlm.resize}
+    spec = {"encoder": enc_ref, "lm": {"source": str(lm_path)}, "resize": cfg.vlm.resize, "prompting": prompt_conventions()}
     vlm = VLM(lm, tok, conn, enc, prompt_format=cfg.vlm.prompt_format, image_position=cfg.vlm.image_position, spec=spec)
     vlm.fmt.max_length = cfg.vlm.max_length
     return vlm
