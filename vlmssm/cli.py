@@ -5,7 +5,6 @@
 # %% ../nbs/16_cli.ipynb #0abed252
 from __future__ import annotations
 import inspect, sys
-from pathlib import Path
 from fastcore.script import anno_parser, store_true
 from .config import ConfigError, load_config, list_presets, to_dict, PRESETS_DIR
 from .utils import did_you_mean

@@ -5,7 +5,7 @@
 # %% ../nbs/02_geometry.ipynb #011c01ce
 from __future__ import annotations
 import math, re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 import numpy as np, torch
 from PIL import Image, ImageOps

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_pipeline.ipynb #b4688ee0
 from __future__ import annotations
-import ast, datetime as dt, json, os, platform, random, shutil, subprocess, sys, time
+import ast, datetime as dt, json, os, platform, random, shutil, subprocess, time
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from fastcore.basics import patch

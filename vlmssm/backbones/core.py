@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04_backbones.core.ipynb #ec6a6cca
 from __future__ import annotations
-import argparse, json, os, pickle, re, sys, warnings
+import argparse, json, os, pickle, re, warnings
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 import numpy as np, torch

@@ -4,9 +4,9 @@
 
 # %% ../../nbs/04b_backbones.mambavision.ipynb #393726fd
 from __future__ import annotations
-import argparse, math, pickle, re, warnings
+import math, re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04a_backbones.vmamba.ipynb #33cd0a3c
 from __future__ import annotations
-import http.client, math, os, pickle, re, urllib.error
+import http.client, math, os, re, urllib.error
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path

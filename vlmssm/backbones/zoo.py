@@ -4,14 +4,14 @@
 
 # %% ../../nbs/04d_backbones.zoo.ipynb #bac34eb9
 from __future__ import annotations
-import importlib, re, sys
+import importlib, re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 import torch, timm
 from torch import nn
-from timm.data import resolve_model_data_config, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from .core import BlockTap, StageTap, MethodTap, Tap, hub_error, WeightsError
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .core import BlockTap, StageTap, MethodTap, hub_error
 
 # %% auto #0
 __all__ = ['TIMM_SPECS', 'FUSED_SPECS', 'VITDET_CONFIGS', 'VITDET_SPECS', 'PERCEIVER_CONFIG', 'PERCEIVER_SPECS', 'SSM_SPECS',

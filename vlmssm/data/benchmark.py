@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01c_data.benchmark.ipynb #b0520428
 from __future__ import annotations
-import hashlib, math, os, re, shutil, time
+import hashlib, time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass

@@ -4,13 +4,13 @@
 
 # %% ../../nbs/01a_data.tasks.ipynb #503be6dc
 from __future__ import annotations
-import ast, itertools, math
+import ast, itertools
 from collections import Counter, defaultdict
 from typing import Sequence
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 import numpy as np
 from ..config import DataConfig
-from .scenes import Scene, SceneObject, categories, check_data_config, get_shape
+from .scenes import Scene, SceneObject, check_data_config, get_shape
 
 # %% auto #0
 __all__ = ['LOCS', 'ATTRS', 'RELS', 'FAMILIES', 'BALANCE', 'REF_PROMPT', 'REF_EVAL_PROMPT', 'VQA_SUFFIX', 'CAPTION_PROMPT',
