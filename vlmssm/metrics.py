@@ -11,10 +11,13 @@ import torch
 from torchvision.ops import box_iou
 
 # %% auto #0
-__all__ = ['CONTRACTIONS', 'DIGITS', 'ARTICLES', 'PUNCTUATION', 'process_punctuation', 'process_digits_articles_contractions',
-           'normalize_vqa_answer', 'vqa_accuracy', 'normalize_gqa_answer', 'exact_match', 'parse_yes_no',
-           'yes_no_accuracy', 'choice_accuracy', 'parse_box', 'iou', 'box_iou_from_text', 'grounding_hit', 'acc_at',
-           'weighted_scores', 'bootstrap_ci', 'seed_item_bootstrap', 'paired_difference']
+__all__ = ['CONTRACTIONS', 'DIGITS', 'ARTICLES', 'PUNCTUATION', 'VIZWIZ_CONTRACTIONS', 'process_punctuation',
+           'process_digits_articles_contractions', 'normalize_vqa_answer', 'leave_one_out_accuracy', 'vqa_accuracy',
+           'normalize_vizwiz_answer', 'vizwiz_accuracy', 'is_unanswerable', 'normalize_textvqa_answer',
+           'textvqa_accuracy', 'normalize_gqa_answer', 'exact_match', 'parse_yes_no', 'yes_no_accuracy',
+           'choice_accuracy', 'gqa_accuracy', 'count_accuracy', 'parse_true_false', 'yes_no_metrics', 'choice_index',
+           'parse_box', 'iou', 'box_iou_from_text', 'grounding_hit', 'acc_at', 'weighted_scores', 'bootstrap_ci',
+           'seed_item_bootstrap', 'paired_difference']
 
 # %% ../nbs/10_metrics.ipynb #5afa6206
 # The official VQA contraction map (apostrophe-less spelling → canonical), verbatim as data, quirks included.
@@ -60,16 +63,16 @@ def process_punctuation(text: str) -> str:
     return _PERIOD.sub("", out, re.UNICODE)  # sic: `re.UNICODE` lands in `count` (32), as in the official code
 
 # %% ../nbs/10_metrics.ipynb #b933a630
-def process_digits_articles_contractions(text: str) -> str:
+def process_digits_articles_contractions(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
     "Official VQA word step: lowercase, number words → digits, drop articles, canonical contractions."
     words = [DIGITS.get(w, w) for w in text.lower().split() if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 # %% ../nbs/10_metrics.ipynb #e871e05c
-def normalize_vqa_answer(text: str) -> str:
+def normalize_vqa_answer(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
     "Normalise a predicted answer exactly as the official VQAv2 evaluation does."
     text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digits_articles_contractions(process_punctuation(text))
+    return process_digits_articles_contractions(process_punctuation(text), contractions)
 
 # %% ../nbs/10_metrics.ipynb #8e7866de
 def _answers(human_answers) -> list[str]:
@@ -79,6 +82,14 @@ def _answers(human_answers) -> list[str]:
     if not all(isinstance(a, str) for a in ans): raise TypeError(f"vqa_accuracy: human answers must be strings, got {ans!r}")
     return ans * 10 if len(ans) == 1 else ans
 
+# %% ../nbs/10_metrics.ipynb #a1c0e001
+def leave_one_out_accuracy(pred: str,  # the prediction, already normalised
+                           references: Sequence[str],  # the human answers, already normalised as the task's rule says
+                          ) -> float:  # in [0, 1]
+    "The VQA soft-accuracy rule: mean over 'leave one human answer out' subsets of min(1, #matches / 3)."
+    matches = sum(r == pred for r in references)
+    return float(np.mean([min(1.0, (matches - (r == pred)) / 3) for r in references]))
+
 # %% ../nbs/10_metrics.ipynb #709b29a2
 def vqa_accuracy(prediction: str,  # the model's generated answer (raw text)
                  human_answers: str | Sequence[str],  # the 10 human answers (VQAv2), or one reference answer
@@ -86,8 +97,42 @@ def vqa_accuracy(prediction: str,  # the model's generated answer (raw text)
     "Official VQAv2 soft accuracy of one prediction, averaged over the leave-one-out subsets of the human answers."
     pred, gts = normalize_vqa_answer(prediction), [process_punctuation(a.replace("\n", " ").replace("\t", " ").strip())
                                                    for a in _answers(human_answers)]
-    matches = sum(g == pred for g in gts)
-    return float(np.mean([min(1.0, (matches - (g == pred)) / 3) for g in gts]))
+    return leave_one_out_accuracy(pred, gts)
+
+# %% ../nbs/10_metrics.ipynb #a1c0e005
+_VIZWIZ_KEEP_VALUE = ("aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove")  # keep the apostrophe
+_VIZWIZ_KEEP_KEY = ("couldn'tve", "hadn'tve")
+# The VizWiz script's map: CONTRACTIONS with apostrophes written as backticks, except the entries above (as in the script).
+VIZWIZ_CONTRACTIONS = {(k if k in _VIZWIZ_KEEP_KEY else k.replace("'", "`")): (v if k in _VIZWIZ_KEEP_VALUE else v.replace("'", "`"))
+                       for k, v in CONTRACTIONS.items()}
+
+def normalize_vizwiz_answer(text: str) -> str:
+    "Normalise a predicted answer as the VizWiz evaluation does (VQAv2 steps, VizWiz contraction map)."
+    return normalize_vqa_answer(text, VIZWIZ_CONTRACTIONS)
+
+def _answer_texts(human_answers) -> list[str]:
+    "Human answers as strings (VizWiz/VQAv2 answer dicts `{'answer': ...}` are unwrapped)."
+    if isinstance(human_answers, str): return _answers(human_answers)
+    return _answers([a["answer"] if isinstance(a, Mapping) and "answer" in a else a for a in human_answers])
+
+def vizwiz_accuracy(prediction: str, human_answers: str | Sequence) -> float:
+    "VizWiz soft accuracy: normalised prediction vs the raw human answers, leave-one-out min(#/3, 1)."
+    return leave_one_out_accuracy(normalize_vizwiz_answer(prediction), _answer_texts(human_answers))
+
+def is_unanswerable(prediction: str) -> bool:
+    "VizWiz: does the prediction say 'unanswerable' (after normalisation)?"
+    return normalize_vizwiz_answer(prediction) == "unanswerable"
+
+# %% ../nbs/10_metrics.ipynb #a1c0e007
+def normalize_textvqa_answer(text: str) -> str:
+    "The EvalAI answer processor of TextVQA (applied to predictions and human answers alike)."
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digits_articles_contractions(process_punctuation(text))
+
+def textvqa_accuracy(prediction: str, human_answers: str | Sequence) -> float:
+    "TextVQA soft accuracy: EvalAI-normalised prediction vs EvalAI-normalised human answers, leave-one-out min(#/3, 1)."
+    return leave_one_out_accuracy(normalize_textvqa_answer(prediction), [normalize_textvqa_answer(a) for a in _answer_texts(human_answers)])
 
 # %% ../nbs/10_metrics.ipynb #0a8fa7a8
 def normalize_gqa_answer(text: str) -> str:
@@ -141,6 +186,51 @@ def choice_accuracy(predictions: Sequence,  # per item: a chosen letter/option s
         if isinstance(p, str): return idx(p)
         return int(np.argmax(np.asarray(p, dtype=float)))
     return float(np.mean([pick(p) == idx(a) for p, a in zip(predictions, answers)])) if len(answers) else float("nan")
+
+# %% ../nbs/10_metrics.ipynb #a1c0e010
+_NO_PUNCT = str.maketrans("", "", string.punctuation)
+
+def gqa_accuracy(prediction: str, answer: str) -> float:
+    "GQA exact match as VE scores it: punctuation-free lowercased prediction == the raw answer."
+    return float(prediction.translate(_NO_PUNCT).lower() == answer)
+
+def count_accuracy(prediction: str, answer: int | str) -> float:
+    "TallyQA numeric exact match: the (VQA-normalised) predicted count equals the integer answer."
+    return float(normalize_vqa_answer(prediction) == str(int(answer)))
+
+def parse_true_false(text: str) -> str | None:
+    "'true' / 'false' from the first word of an answer, else None."
+    words = normalize_gqa_answer(text).split()
+    return words[0] if words and words[0] in ("true", "false") else None
+
+# %% ../nbs/10_metrics.ipynb #a1c0e012
+def yes_no_metrics(predictions: Sequence,  # as `yes_no_accuracy` takes them
+                   labels: Sequence[str],  # 'yes' / 'no'
+                  ) -> dict[str, float]:  # accuracy, precision, recall, f1, yes_ratio ("yes" = positive class)
+    "POPE-style yes/no metrics: accuracy plus LLaVA's precision, recall, F1 and yes-ratio."
+    if len(predictions) != len(labels): raise ValueError(f"yes_no_metrics: {len(predictions)} predictions vs {len(labels)} labels")
+    p = np.array([_as_choice(x) == "yes" for x in predictions]); c = np.array([_as_choice(x) for x in predictions], dtype=object)
+    y = np.array([l.strip().lower() == "yes" for l in labels])
+    tp, fp, fn = int((p & y).sum()), int((p & ~y).sum()), int((~p & y).sum())
+    prec, rec = (tp / (tp + fp) if tp + fp else float("nan")), (tp / (tp + fn) if tp + fn else float("nan"))
+    f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
+    acc = float(np.mean(c == np.array([l.strip().lower() for l in labels], dtype=object))) if len(labels) else float("nan")
+    return {"accuracy": acc, "precision": prec, "recall": rec, "f1": f1, "yes_ratio": float(p.mean()) if len(p) else float("nan")}
+
+# %% ../nbs/10_metrics.ipynb #a1c0e014
+def choice_index(prediction: str,  # the chosen option's text, or its letter
+                 options: Sequence[str],  # the option texts, in order
+                 letters: str = string.ascii_uppercase,
+                ) -> int | None:  # the option's index, or None
+    "Which option a prediction names: its text (case-insensitive, final period ignored) first, else its letter."
+    if not isinstance(prediction, str): return None
+    t = prediction.strip()
+    low = [o.strip().lower() for o in options]
+    for cand in (t.lower(), t.lower().rstrip(".").strip()):
+        if cand in low: return low.index(cand)
+    m = re.fullmatch(r"\(?([A-Za-z])[\.\)]?", t)
+    if m and m.group(1).upper() in letters[:len(options)]: return letters.index(m.group(1).upper())
+    return None
 
 # %% ../nbs/10_metrics.ipynb #7121861c
 def _valid_box(v) -> list[float] | None:
