@@ -4,29 +4,63 @@
 
 # %% ../../nbs/11_evals.core.ipynb #cf2ca686
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 from ..config import EvalConfig
-from ..metrics import acc_at, box_iou_from_text, vqa_accuracy
+from ..metrics import (acc_at, choice_index, count_accuracy, gqa_accuracy, iou, normalize_gqa_answer, normalize_textvqa_answer,
+                            normalize_vizwiz_answer, normalize_vqa_answer, parse_box, parse_true_false, parse_yes_no,
+                            textvqa_accuracy, vizwiz_accuracy, vqa_accuracy)
 
 # %% auto #0
-__all__ = ['EvalItem', 'subset', 'benchmark_items', 'predict', 'score_item', 'score_items', 'summarize_items', 'evaluate_split']
+__all__ = ['KINDS', 'METRICS', 'EvalItem', 'subset', 'benchmark_items', 'item_geometry', 'to_original_box', 'resize_spec',
+           'with_resize', 'predict', 'score_item', 'score_items', 'summarize_items', 'evaluate_split']
 
 # %% ../../nbs/11_evals.core.ipynb #1abdae9f
+KINDS = ("vqa", "ref", "choice")
+METRICS = {  # metric → (what it compares, the official rule it follows; `vlmssm.metrics` implements each)
+    "vqa": "VQAv2 soft accuracy (leave-one-out min(#/3, 1), VQAv2 normalisation)",
+    "vizwiz": "VizWiz soft accuracy (VizWiz normalisation, raw human answers)",
+    "textvqa": "TextVQA soft accuracy (EvalAI normalisation of both sides)",
+    "gqa": "GQA exact match (punctuation-free lowercased prediction == answer)",
+    "yes_no": "POPE: yes/no from the first word == label",
+    "true_false": "VSR: true/false from the first word == label",
+    "count": "TallyQA: predicted count == integer answer",
+    "choice": "AI2D: chosen option (text or letter) == correct option",
+    "box": "referring expression: strict-parsed box mapped to the original image, IoU >= tau",
+}
+_DEFAULT_METRIC = {"vqa": "vqa", "ref": "box", "choice": "choice"}
+
 @dataclass
 class EvalItem:
     "One question or referring expression, with what the model sees and what a correct answer is."
-    kind: str  # "vqa" | "ref"
+    kind: str  # "vqa" (generated answer) | "ref" (generated box) | "choice" (options scored by first-token probability)
     id: int | str  # question id / sentence id
-    family: str  # question family (VQA) or "grounding"
+    family: str  # question family (VQA), sub-split of a task (POPE split, TallyQA simple/complex, RefCOCO+ …) or "grounding"
     prompt: str  # the user message, exactly as the model is prompted
     image: str  # image id: the path relative to the benchmark root (the feature cache's key)
-    answer: str  # the reference answer as text (a box as text for "ref")
+    answer: str  # the reference answer as text (a box as text for "ref", the correct option's text for "choice")
     answers: list = field(default_factory=list)  # VQA: the human answers for the soft accuracy
     box: list | None = None  # "ref": the referent's box (x1, y1, x2, y2) normalised to the original image
+    metric: str = ""  # a key of `METRICS`; "" = the kind's default ("vqa" → "vqa", "ref" → "box", "choice" → "choice")
+    options: list | None = None  # "choice": the option texts; the prediction is the chosen option's text
+    option_tokens: list | None = None  # "choice": what `score_options` scores (default: the options; lettered prompts: A, B, …)
+    tau: float = 0.5  # "ref": IoU threshold of a hit (RefCOCO*: 0.5, OCID-Ref: 0.25)
+    image_size: tuple | None = None  # "ref": the original image's (w, h) in pixels
+    resize: str | dict | None = None  # "ref": how the model saw the image (`item_geometry`); None = boxes are in the original frame
+    task: str = ""  # the task (adapter) name; "" for the embedded benchmark
+    extra: dict = field(default_factory=dict)  # anything else of the record (sub-split ids, answerable, …)
+
+    def __post_init__(self):
+        if self.kind not in KINDS: raise ValueError(f"item {self.id!r}: unknown kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+        self.metric = self.metric or _DEFAULT_METRIC[self.kind]
+        if self.metric not in METRICS: raise ValueError(f"item {self.id!r}: unknown metric {self.metric!r} (expected one of {', '.join(METRICS)})")
+        if self.kind == "choice" and not self.options: raise ValueError(f"item {self.id!r}: a 'choice' item needs options")
+        if self.kind == "choice" and self.answer not in self.options: raise ValueError(f"item {self.id!r}: answer {self.answer!r} is not one of its options {self.options!r}")
+        if self.option_tokens is not None and len(self.option_tokens) != len(self.options or []):
+            raise ValueError(f"item {self.id!r}: {len(self.option_tokens)} option tokens for {len(self.options or [])} options")
 
 def subset(items: Sequence, n: int, seed: int = 0) -> list:
     "A fixed, seeded subset of `n` items in their original order (all of them if `n` is 0 or not smaller)."
@@ -48,31 +82,98 @@ def benchmark_items(bench,  # a written benchmark (`vlmssm.data.benchmark.load_b
             for r in subset(bench.refs(split), n)]
     return vqa + refs
 
+# %% ../../nbs/11_evals.core.ipynb #b2c0e003
+def item_geometry(item: EvalItem):
+    "The `vlmssm.geometry.Geometry` between the item's original image and the model input, or None (identity / unknown)."
+    if item.resize is None or item.image_size is None: return None
+    from vlmssm.geometry import build_preprocess
+    spec = {"strategy": item.resize} if isinstance(item.resize, str) else dict(item.resize)
+    unknown = set(spec) - {"strategy", "size", "crop_pct", "resize_mode"}
+    if "strategy" not in spec or unknown: raise ValueError(f"item {item.id!r}: resize spec {item.resize!r} needs 'strategy' and only size/crop_pct/resize_mode")
+    size = spec.get("size", 224)
+    pre = build_preprocess(spec["strategy"], size if isinstance(size, int) else tuple(size), (0.5,) * 3, (0.5,) * 3,
+                           crop_pct=spec.get("crop_pct", 1.0), resize_mode=spec.get("resize_mode", "short-crop"))
+    w, h = item.image_size
+    geo = pre.geometry(int(w), int(h))
+    corners = np.asarray(geo.to_input([0.0, 0.0, 1.0, 1.0], normalized=True), dtype=float)
+    return None if np.allclose(corners, [0, 0, 1, 1], rtol=0, atol=1e-12) else geo
+
+def to_original_box(item: EvalItem, box):
+    "A predicted box (normalised to the model input) normalised to the item's original image (clipped), or None."
+    if box is None: return None
+    geo = item_geometry(item)
+    return list(box) if geo is None else [float(v) for v in geo.to_original(list(box), normalized=True, clip=True)]
+
+def resize_spec(encoder, strategy: str | None = None) -> dict:
+    "The `resize` dict of an encoder (`vlmssm.backbones.core.Encoder`) under `strategy` (default: its own)."
+    return {"strategy": strategy or encoder.resize, "size": list(encoder.resolution), "crop_pct": float(encoder.crop_pct),
+            "resize_mode": encoder.resize_mode}
+
+def with_resize(items: Sequence[EvalItem], resize: str | dict | None) -> list[EvalItem]:
+    "Copies of `items` whose grounding items carry `resize` (the other items unchanged)."
+    return [replace(it, resize=resize) if it.kind == "ref" else it for it in items]
+
 # %% ../../nbs/11_evals.core.ipynb #dd17bc8b
+def _batches(idx: list[int], batch_size: int) -> list[list[int]]: return [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
+
 def predict(vlm,  # a `vlmssm.vlm.VLM`
             items: Sequence[EvalItem],
             features=None,  # `CachedFeatures` holding every item's image (None: a blind model)
             batch_size: int = 32,  # prompts per generation batch
             max_new_tokens: int = 128,  # greedy generation budget
             progress: bool = False, desc: str = "predict",
-           ) -> list[str]:
-    "Greedy answers of `vlm` to `items`, in order."
+            return_probs: bool = False,  # also return each choice item's option probabilities (None for generated items)
+           ) -> list[str] | tuple[list[str], list]:
+    "Greedy answers of `vlm` to `items` (the chosen option's text for choice items), in order."
     vlm.eval()
-    out = []
-    for s in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
-        chunk = items[s:s + batch_size]
-        feats = None if (vlm.blind or features is None) else features.get([it.image for it in chunk])
-        out += vlm.generate([it.prompt for it in chunk], image_features=feats, max_new_tokens=max_new_tokens)
-    return out
+    out, probs = [""] * len(items), [None] * len(items)
+    gen = [i for i, it in enumerate(items) if it.kind != "choice"]
+    groups: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.kind == "choice": groups.setdefault(tuple(it.option_tokens or it.options), []).append(i)
+    jobs = [(None, b) for b in _batches(gen, batch_size)] + [(k, b) for k, g in groups.items() for b in _batches(g, batch_size)]
+    for tokens, b in tqdm(jobs, desc=desc, disable=not progress, leave=False):
+        feats = None if (vlm.blind or features is None) else features.get([items[i].image for i in b])
+        prompts = [items[i].prompt for i in b]
+        if tokens is None:
+            for i, a in zip(b, vlm.generate(prompts, image_features=feats, max_new_tokens=max_new_tokens)): out[i] = a
+        else:
+            p = vlm.score_options(prompts, list(tokens), image_features=feats).float().cpu()
+            for i, row in zip(b, p):
+                out[i], probs[i] = items[i].options[int(row.argmax())], [float(v) for v in row]
+    return (out, probs) if return_probs else out
 
 # %% ../../nbs/11_evals.core.ipynb #e6ca86c1
+_TEXT_METRICS = {  # metric → (score(prediction, item), parsed(prediction))
+    "vqa": (lambda p, it: vqa_accuracy(p, it.answers or it.answer), normalize_vqa_answer),
+    "vizwiz": (lambda p, it: vizwiz_accuracy(p, it.answers or it.answer), normalize_vizwiz_answer),
+    "textvqa": (lambda p, it: textvqa_accuracy(p, it.answers or it.answer), normalize_textvqa_answer),
+    "gqa": (lambda p, it: gqa_accuracy(p, it.answer), lambda p: normalize_gqa_answer(p)),
+    "yes_no": (lambda p, it: float(parse_yes_no(p) == it.answer.strip().lower()), lambda p: parse_yes_no(p) or ""),
+    "true_false": (lambda p, it: float(parse_true_false(p) == it.answer.strip().lower()), lambda p: parse_true_false(p) or ""),
+    "count": (lambda p, it: count_accuracy(p, it.answer), normalize_vqa_answer),
+}
+
+def _box_scores(item: EvalItem, prediction: str) -> dict:
+    "Strict and lenient IoU of the predicted box mapped to the original image, and the strict hit at the item's τ."
+    if item.box is None: raise ValueError(f"item {item.id!r}: a grounding item needs a ground-truth box")
+    strict, lenient = (to_original_box(item, parse_box(prediction, strict=s)) for s in (True, False))
+    iou_s, iou_l = (0.0 if b is None else iou(b, item.box) for b in (strict, lenient))
+    return dict(score=float(iou_s >= item.tau), iou_strict=iou_s, iou_lenient=iou_l,
+                parsed="" if strict is None else "[" + ", ".join(f"{v:.4f}" for v in strict) + "]")
+
 def score_item(item: EvalItem, prediction: str) -> dict:
-    "One scored row: the item, the prediction, and its VQA accuracy or its strict and lenient IoU."
+    "One scored row: the item, the prediction, its `score` in [0, 1] by the item's metric (and IoUs for grounding)."
     row = dict(kind=item.kind, item=item.id, family=item.family, image=item.image, prediction=prediction, answer=item.answer)
-    if item.kind == "vqa": return dict(row, score=vqa_accuracy(prediction, item.answers or item.answer))
-    if item.kind == "ref": return dict(row, iou_strict=box_iou_from_text(prediction, item.box, strict=True),
-                                       iou_lenient=box_iou_from_text(prediction, item.box, strict=False))
-    raise ValueError(f"item {item.id!r}: unknown kind {item.kind!r} (expected 'vqa' or 'ref')")
+    prediction = "" if prediction is None else str(prediction)
+    if item.metric == "box": sc = _box_scores(item, prediction)
+    elif item.metric == "choice":
+        k = choice_index(prediction, item.options)
+        sc = dict(score=float(k is not None and k == item.options.index(item.answer)), parsed="" if k is None else item.options[k])
+    else:
+        f, parse = _TEXT_METRICS[item.metric]
+        sc = dict(score=f(prediction, item), parsed=parse(prediction))
+    return {**row, **sc, "metric": item.metric, "task": item.task}
 
 def score_items(items: Sequence[EvalItem], predictions: Sequence[str]) -> pd.DataFrame:
     "One scored row per item (see `score_item`)."
@@ -80,8 +181,8 @@ def score_items(items: Sequence[EvalItem], predictions: Sequence[str]) -> pd.Dat
     return pd.DataFrame([score_item(i, p) for i, p in zip(items, predictions)])
 
 def summarize_items(items: pd.DataFrame, taus: Sequence[float] = (0.25, 0.5, 0.75)) -> dict:
-    "Percent scores from per-item rows: VQA accuracy (overall, per family) and strict/lenient Acc@τ."
-    out, v, r = {}, items[items.kind == "vqa"], items[items.kind == "ref"]
+    "Percent scores from per-item rows: accuracy (overall, per family) of the non-grounding rows and strict/lenient Acc@τ."
+    out, v, r = {}, items[items.kind != "ref"], items[items.kind == "ref"]
     if len(v):
         out["vqa_acc"] = 100 * v.score.mean()
         for fam, g in v.groupby("family"): out[f"vqa_{fam}"] = 100 * g.score.mean()
