@@ -99,3 +99,49 @@ def test_bootstrap_intervals_cover_and_separate():
     e, l1, h1 = bootstrap_ci(a[0], n_resamples=500)
     assert l1 < e < h1
     assert seed_item_bootstrap(a, seed=3) == seed_item_bootstrap(a, seed=3)
+
+# --- the other official rules (recipe_eval.md §2.3): VizWiz, TextVQA, GQA, TallyQA, POPE, VSR, AI2D ------------------
+from vlmssm.metrics import (CONTRACTIONS, VIZWIZ_CONTRACTIONS, choice_index, count_accuracy, gqa_accuracy, is_unanswerable,
+                            leave_one_out_accuracy, normalize_textvqa_answer, normalize_vizwiz_answer, parse_true_false,
+                            textvqa_accuracy, vizwiz_accuracy, yes_no_metrics)
+from itertools import combinations
+
+@pytest.mark.parametrize("k", range(11))
+def test_leave_one_out_is_the_mean_over_10_choose_9_subsets(k):
+    refs = ["cat"] * k + ["dog"] * (10 - k)
+    subsets = list(combinations(range(10), 9))
+    assert len(subsets) == 10
+    want = np.mean([min(1.0, sum(refs[i] == "cat" for i in s) / 3) for s in subsets])
+    assert leave_one_out_accuracy("cat", refs) == pytest.approx(want)
+    assert vqa_accuracy("A cat.", refs) == pytest.approx(want) and textvqa_accuracy("CAT", refs) == pytest.approx(want)
+    assert vizwiz_accuracy("the cat", refs) == pytest.approx(want)
+
+@pytest.mark.parametrize("pred,gts,vqa,vizwiz,textvqa", [
+    ("Two", ["2"] * 10, 1.0, 1.0, 1.0),
+    ("2", ["two"] * 10, 0.0, 0.0, 1.0),                   # only TextVQA normalises the human answers
+    ("dont", ["don't"] * 10, 1.0, 0.0, 1.0),              # VizWiz's contraction map writes "don`t"
+    ("cant", ["can't"] * 10, 1.0, 1.0, 1.0),              # ... but keeps "can't"
+    ("The dog's bowl", ["dog's bowl"] * 10, 1.0, 1.0, 1.0),
+    ("Yes", ["Yes"] * 10, 0.0, 0.0, 1.0),                 # human answers are not lowercased by VQAv2 / VizWiz
+    ("an orange", ["orange"] * 10, 1.0, 1.0, 1.0),
+    ("unanswerable", ["unanswerable"] * 10, 1.0, 1.0, 1.0)])
+def test_soft_accuracy_normalisations_differ_as_officially(pred, gts, vqa, vizwiz, textvqa):
+    assert (vqa_accuracy(pred, gts), vizwiz_accuracy(pred, gts), textvqa_accuracy(pred, gts)) == (vqa, vizwiz, textvqa)
+
+def test_vizwiz_contraction_map_and_unanswerable():
+    assert len(VIZWIZ_CONTRACTIONS) == len(CONTRACTIONS)
+    assert sum("`" in v for v in VIZWIZ_CONTRACTIONS.values()) > 100 and VIZWIZ_CONTRACTIONS["wheres"] == "where's"
+    assert normalize_vizwiz_answer("Unanswerable!") == "unanswerable" and is_unanswerable("UNANSWERABLE.")
+    assert not is_unanswerable("it is unanswerable") and normalize_textvqa_answer("Joe's, Bar?") == "joe 's bar"
+
+def test_gqa_count_true_false_choice():
+    assert [gqa_accuracy(p, "left") for p in ("Left.", "left ", "the left", "LEFT!")] == [1.0, 0.0, 0.0, 1.0]
+    assert [count_accuracy(p, "2") for p in ("2", "two", "Two.", "2 dogs", "")] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert parse_true_false("TRUE") == "true" and parse_true_false("not true") is None
+    assert choice_index("C", ["x", "y", "z"]) == 2 and choice_index("D", ["x", "y", "z"]) is None and choice_index("Y.", ["x", "y"]) == 1
+
+def test_pope_yes_no_metrics():
+    m = yes_no_metrics(["yes", "yes", "yes", "no", "no", "no"], ["yes", "yes", "no", "no", "no", "yes"])
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
+    assert yes_no_metrics([[0.9, 0.1], 0.2], ["yes", "no"])["accuracy"] == 1.0
