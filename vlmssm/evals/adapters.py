@@ -206,6 +206,7 @@ def _read_tallyqa(root: Path, split: str | None) -> list[EvalItem]:
                             options=TALLY_OPTIONS, option_tokens=list(LETTERS[:16]), metric="count", task="tallyqa"))
     return out
 
+# %% ../../nbs/11a_evals.adapters.ipynb #c3a00035
 def _read_ai2d(root: Path, split: str | None) -> list[EvalItem]:
     ids = _file("ai2d", root, "ai2d_test_ids.csv")
     qdir = root / "ai2d" / "questions"
