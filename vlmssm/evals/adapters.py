@@ -4,7 +4,7 @@
 
 # %% ../../nbs/11a_evals.adapters.ipynb #c3a00002
 from __future__ import annotations
-import csv, json, os
+import csv, json, os, posixpath
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -43,6 +43,7 @@ class Task:
         split = split if split is not None else self.default_split
         if self.splits and split is not None and split not in self.splits:
             raise ValueError(f"task {self.name!r}: unknown split {split!r}{did_you_mean(split, self.splits)}; valid: {', '.join(self.splits)}")
+        _DIRS.clear()  # folders are resolved afresh on every load
         return subset(self.read(root, split), n, seed)
 
 # %% ../../nbs/11a_evals.adapters.ipynb #c3a00008
@@ -88,10 +89,22 @@ def _file(task: str, root: Path, rel: str) -> Path:
     if not p.is_file(): raise DataFormatError(f"task {task!r}: missing file {p}")
     return p
 
+_DIRS: dict = {}  # (root, folder) → resolved folder: resolving each distinct folder once keeps 200K-item tasks fast
+
 def _image(task: str, root: Path, rel, where: str) -> str:
-    "An image path relative to `root` (checked not to escape it), as the posix string the feature cache keys on."
-    resolve_in(root, rel, f"task {task!r}: {where}: image")
-    return PurePosixPath(os.path.normpath(str(rel)).replace(os.sep, "/")).as_posix()
+    "An image path relative to `root` (checked not to escape it, symlinks followed), as the posix key of the feature cache."
+    what = f"task {task!r}: {where}: image"
+    if not isinstance(rel, str) or not rel: resolve_in(root, rel, what)  # the formats module's one-line error
+    raw = rel.replace(os.sep, "/")
+    key = posixpath.normpath(raw)
+    parent, name = posixpath.split(key)
+    if ".." in raw.split("/") or name in ("", ".", ".."): resolve_in(root, rel, what)
+    d = _DIRS.get((str(root), parent))
+    if d is None:
+        try: d = _DIRS[(str(root), parent)] = str(resolve_in(root, parent or ".", what))
+        except DataFormatError: resolve_in(root, rel, what)  # escapes: raise naming the image itself
+    if os.path.islink(d + "/" + name): resolve_in(root, rel, what)
+    return key
 
 def _read_jsonl(task: str, path: Path) -> list:
     "A JSON-lines file (blank lines skipped); a bad line is a one-line error naming the file and the line."
@@ -108,7 +121,7 @@ def _read_vqav2(root: Path, split: str) -> list[EvalItem]:
     q = _file("vqav2", root, f"v2_OpenEnded_mscoco_{split}_questions.json")
     a = _file("vqav2", root, f"v2_mscoco_{split}_annotations.json")
     out = []
-    for r in read_vqa(q, a, image_root=root):
+    for r in read_vqa(q, a):  # image paths are checked below, once per folder
         if r.image is None: raise _bad(q, f"question_id {r.question_id}", "no image path (the file has no 'data_subtype' or 'images')")
         if not r.answers: raise _bad(a, f"question_id {r.question_id}", "has no human answers")
         out.append(EvalItem("vqa", r.question_id, r.answer_type or "other", VQA_PROMPT.format(question=r.question),
