@@ -145,3 +145,16 @@ def test_pope_yes_no_metrics():
     assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
     assert m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
     assert yes_no_metrics([[0.9, 0.1], 0.2], ["yes", "no"])["accuracy"] == 1.0
+
+@pytest.mark.parametrize("text,box", [("[0.1, 0.2, 0.5, 0.6,]", [0.1, 0.2, 0.5, 0.6]),          # a trailing comma is still a list
+                                      ("[.1, .2, .5, .6]", [0.1, 0.2, 0.5, 0.6]),
+                                      ("[0.1, 0.2, 0.5, 0.6]  # box", [0.1, 0.2, 0.5, 0.6]),    # literal_eval ignores a comment
+                                      ("[0, 0, 1, 1.0]", [0.0, 0.0, 1.0, 1.0]),
+                                      ("[0.1, 0.2, 0.5, 0.6]\n\n", [0.1, 0.2, 0.5, 0.6]),
+                                      ("[0.1, 0.2, 0.5, 0.6];", None), ("[0.1, 0.2, 0.5, 0.6]]", None), ("[[0.1, 0.2, 0.5, 0.6]]", None),
+                                      ("[0.1, 0.2, 0.5, 0.6] The box", None), ("[1/10, 0.2, 0.5, 0.6]", None),
+                                      ("[0.10, 0.20, 0.50, 0.60", None), ("[-0.0, 0.2, 0.5, 0.6]", [0.0, 0.2, 0.5, 0.6]),
+                                      ("[0.1, 0.2, 0.1000001, 0.6]", [0.1, 0.2, 0.1000001, 0.6]), ("[1, 0.2, 1, 0.6]", None)])
+def test_strict_parse_more_edge_cases(text, box):
+    got = parse_box(text)
+    assert (got is None) if box is None else got == pytest.approx(box)
