@@ -6,7 +6,7 @@
 from __future__ import annotations
 import csv, json, os, posixpath
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 from ..data.formats import DataFormatError, _bad, _need, read_json, read_refcoco, read_vqa, resolve_in
 from .core import METRICS, EvalItem, subset
