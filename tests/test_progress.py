@@ -40,6 +40,7 @@ def test_console_line_tty_and_log(fake):
     con.tick(now=con.t0 + 125)
     out = tty.getvalue()
     assert out.startswith("\r\x1b[2K[3/3] 30_vlm_train 2:05 · cell 6/14 · runs 2/6 · ") and "\n" not in out, out
+    con.tick(now=con.t0 + 125.2); assert tty.getvalue() == out, "an unchanged line is not rewritten"
     log = io.StringIO()
     con = ProgressConsole(folder, "[3/3] 30_vlm_train", stream=log, tty=False, every=30)
     for dt in (0, 1, 2): con.tick(now=con.t0 + dt)

@@ -411,12 +411,13 @@ class ProgressConsole:
         return f"{self.label} {_clock(now - self.t0)}" + (f" · {self.body}" if self.body else "")
 
     def tick(self, now: float | None = None):
-        "Look once and show the line (in place on a terminal; else a new line if due and changed)."
+        "Look once and show the line (in place on a terminal when it changed; else a new line if due and changed)."
         now = time.time() if now is None else now
         line = self.line(now)
         if not self.show: return
         if self.tty:
-            self.stream.write("\r\x1b[2K" + line[:max(20, shutil.get_terminal_size().columns - 1)]); self.stream.flush()
+            line = line[:max(20, shutil.get_terminal_size().columns - 1)]
+            if line != self._said: self.stream.write("\r\x1b[2K" + line); self.stream.flush(); self._said = line
         elif self.body and self.body != self._said and now - self._printed >= self.every:
             print(line, file=self.stream, flush=True); self._printed, self._said = now, self.body
 
