@@ -424,8 +424,8 @@ class ProgressConsole:
 # %% ../nbs/15_pipeline.ipynb #b7e2a007
 @patch
 def __enter__(self: ProgressConsole):
-    "Start following (and showing) the line in a thread."
-    self.t0 = time.time()
+    "Start following (and showing) the line in a thread (in a log, the first line after `every` seconds)."
+    self.t0 = self._printed = time.time()
     def loop():
         while not self._stop.wait(self.poll):
             try: self.tick()
