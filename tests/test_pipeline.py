@@ -154,3 +154,27 @@ def test_console_gets_no_kernel_startup_warnings(tmp_path, capfd):
     run_study("smoke", run_dir=tmp_path/"run", stages_path=d, progress=False)
     err = capfd.readouterr().err
     assert "Kernel is running over TCP without encryption" not in err, err[-500:]   # (kernel errors still reach the console)
+
+# --- live progress (issue #12): the stage's kernel and its worker processes report; the manifest keeps the last state
+
+PROGRESS = ("from functools import partial\nfrom vlmssm.utils import Progress, process_pool, report_progress\n"
+            "runs = Progress('runs', total=2)\n"
+            "with process_pool(1) as ex:  # a spawned worker, as VLM runs and pretraining use\n"
+            "    for i, r in enumerate(ex.map(partial(report_progress, done=5, total=5, unit='step', parent='runs'), ['a-s7', 'b-s7']), 1): runs.update(i)\n"
+            "ctx.record(ok=1)")
+
+def test_stage_progress_reaches_the_runner(stages, tmp_path):
+    "Progress reported in the kernel and in a spawned worker goes to the runner's folder; the manifest records the last state."
+    rd = tmp_path/"run"
+    make_stage(stages, "10_second", PROGRESS, upstream=["00_first"])
+    before = os.environ.get("VLMSSM_PROGRESS_DIR")
+    run_study("smoke", run_dir=rd, stages_path=stages, progress=False)
+    m = json.loads((rd/"10_second"/"manifest.json").read_text())
+    tasks = {t["task"]: t for t in m["progress"]["tasks"]}
+    assert (tasks["runs"]["done"], tasks["runs"]["total"]) == (2, 2)
+    assert {k: (tasks[k]["parent"], tasks[k]["done"], tasks[k]["total"], tasks[k]["unit"]) for k in ("a-s7", "b-s7")} == \
+        {"a-s7": ("runs", 5, 5, "step"), "b-s7": ("runs", 5, 5, "step")}, "the worker's reports"
+    assert m["progress"]["line"].endswith("runs 2/2") and "cell " in m["progress"]["line"], m["progress"]["line"]
+    assert not [f for f in m["files"] if f["path"].startswith(".progress")] and not (rd/"10_second"/".progress").exists()
+    assert os.environ.get("VLMSSM_PROGRESS_DIR") == before, "the runner restores the environment"
+    assert json.loads((rd/"00_first"/"manifest.json").read_text())["progress"]["tasks"] == [], "a stage that reports nothing"

@@ -65,3 +65,21 @@ def test_chat_prompts_like_training_and_talks(smoke_run):
     assert r.returncode == 0, r.stderr[-500:]
     t = ChatSession(str(run), str(image), max_new_tokens=4)
     assert r.stdout == "".join(t.ask(m) + "\n" for m in lines)           # the same turns, the second with the first as history
+
+def test_stages_report_progress(smoke_run):
+    "What the console line showed, as each smoke stage's manifest keeps its last state: counts of scenes, encoders, runs and steps."
+    from vlmssm.config import load_config
+    rd, _ = smoke_run
+    cfg = load_config("smoke")
+    tasks = {s: {t["task"]: t for t in json.loads((rd/s/"manifest.json").read_text())["progress"]["tasks"]} for s in STAGES}
+    n = cfg.data.n_train + cfg.data.n_val + cfg.data.n_test
+    if "00_data" in tasks: assert (tasks["00_data"]["scenes"]["done"], tasks["00_data"]["scenes"]["total"]) == (n, n)
+    encs = [e.id for e in cfg.encoders]
+    if "10_pretrain" in tasks:
+        t = tasks["10_pretrain"]
+        assert (t["encoders"]["done"], t["encoders"]["total"]) == (len(encs), len(encs))
+        assert {e: (t[e]["parent"], t[e]["done"], t[e]["total"]) for e in encs} == {e: ("encoders", cfg.pretrain.steps, cfg.pretrain.steps) for e in encs}
+    if "30_vlm_train" in tasks:
+        t, runs = tasks["30_vlm_train"], [f"{e}-s{s}" for e in encs + ["blind"] for s in cfg.seeds]
+        assert (t["runs"]["done"], t["runs"]["total"]) == (len(runs), len(runs)) and "LM + feature caches" in t
+        assert all(t[r]["parent"] == "runs" and t[r]["unit"] == "step" and t[r]["done"] == t[r]["total"] > 0 for r in runs), t

@@ -20,7 +20,7 @@ def study(preset: str = "default",  # preset name (`vlmssm presets`)
           run_dir: str = None,  # run directory (default: the config's paths.run_dir, `runs/<preset>`)
           force: store_true = False,  # rerun stages even when their inputs and parameters are unchanged
           set: str = None,  # comma-separated overrides `key.sub=value`, e.g. `train.steps=10,seed=3`
-          quiet: store_true = False,  # no per-cell progress bar
+          quiet: store_true = False,  # no live progress line (what each stage does, how far, ETA)
          ):
     "Run the study's stages in order (papermill), skipping unchanged ones."
     table = run_study(config or preset, overrides=set.split(",") if set else None, only=only.split(",") if only else None,

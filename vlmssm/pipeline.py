@@ -4,19 +4,20 @@
 
 # %% ../nbs/15_pipeline.ipynb #b4688ee0
 from __future__ import annotations
-import ast, datetime as dt, json, os, platform, random, shutil, subprocess, time
+import ast, datetime as dt, json, math, os, platform, random, re, shutil, subprocess, sys, threading, time
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from fastcore.basics import patch
 from .config import StudyConfig, ConfigError, load_config, save_config, to_dict, check_names
-from .utils import atomic_dir, atomic_file, atomic_write, content_hash, did_you_mean, move_into_place, stale_temporaries
+from .utils import PROGRESS_ENV, Progress, atomic_dir, atomic_file, atomic_write, content_hash, did_you_mean, move_into_place, read_progress, stale_temporaries
 
 # %% auto #0
-__all__ = ['UNKEYED', 'ALWAYS_KEYED', 'KERNEL_ARGS', 'repo_root', 'stages_dir', 'Stage', 'read_stage', 'discover_stages',
-           'select_stages', 'make_stage', 'notebook_hash', 'stage_key', 'why_run', 'section_of', 'undeclared_reads',
-           'ConfigReads', 'recording', 'seed_everything', 'resolve_run_dir', 'StageContext', 'package_versions',
-           'git_commit', 'file_list', 'work_dir', 'clean_stale', 'StageFailed', 'execute_stage', 'checked_reads',
-           'run_stage', 'read_manifest', 'publish_figures', 'run_study']
+__all__ = ['UNKEYED', 'ALWAYS_KEYED', 'KERNEL_ARGS', 'PROGRESS_DIR', 'repo_root', 'stages_dir', 'Stage', 'read_stage',
+           'discover_stages', 'select_stages', 'make_stage', 'notebook_hash', 'stage_key', 'why_run', 'section_of',
+           'undeclared_reads', 'ConfigReads', 'recording', 'seed_everything', 'resolve_run_dir', 'StageContext',
+           'package_versions', 'git_commit', 'file_list', 'work_dir', 'clean_stale', 'duration', 'progress_line',
+           'ProgressConsole', 'StageFailed', 'execute_stage', 'checked_reads', 'run_stage', 'read_manifest',
+           'publish_figures', 'run_study']
 
 # %% ../nbs/15_pipeline.ipynb #05e41cfe
 def repo_root(start: Path | None = None) -> Path | None:
@@ -342,26 +343,138 @@ def clean_stale(run_dir: Path,  # the study run directory
         log(f"removed stale {p.name}")
     return gone
 
+# %% ../nbs/15_pipeline.ipynb #b7e2a002
+def _alive(pid) -> bool:
+    "Whether process `pid` still runs (unknown: assume it does)."
+    try: os.kill(int(pid), 0); return True
+    except ProcessLookupError: return False
+    except (OSError, TypeError, ValueError): return True
+
+def duration(seconds: float) -> str:
+    "`42 s`, `12 min`, `1 h 05 min`: a duration in a console line's words."
+    s = max(0, round(seconds))
+    if s < 60: return f"{s} s"
+    m = round(s / 60)
+    return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+def _count(s: dict) -> str:
+    d, t, u = s.get("done", 0), s.get("total"), f"{s['unit']} " if s.get("unit") else ""
+    c = f"{s['task']} {u}{d}/{t}" if t else (f"{s['task']} {u}{d}" if d else s["task"])
+    return f"{c} ({s['detail']})" if s.get("detail") else c
+
+def progress_line(statuses: list[dict],  # a stage's statuses (`vlmssm.utils.read_progress`)
+                  now: float | None = None,  # the time the ETA is computed at (default: now)
+                  alive=_alive,  # pid → whether that process still runs
+                  most: int = 3,  # running parts shown; more are counted
+                 ) -> str:
+    "The current task with its running parts and an ETA: `runs 5/15 · vmamba-pico-s8 step 640/1500 · ETA 12 min`."
+    tops = [s for s in statuses if not s.get("parent")]
+    if not tops: return ""
+    top = max(tops, key=lambda s: s.get("started", 0))
+    parts = sorted((s for s in statuses if s.get("parent") == top["task"] and alive(s.get("pid"))
+                    and (s.get("total") is None or s.get("done", 0) < s["total"])), key=lambda s: s.get("started", 0))
+    out = [_count(top)] + [_count(p) for p in parts[:most]] + ([f"+{len(parts) - most} more"] if len(parts) > most else [])
+    if top.get("total"):
+        f = (top.get("done", 0) + sum(p["done"] / p["total"] for p in parts if p.get("total"))) / top["total"]
+        el = (time.time() if now is None else now) - top.get("started", 0)
+        if 0 < f < 1 and el > 0: out.append(f"ETA {duration(el * (1 - f) / f)}")
+    return " · ".join(out)
+
+# %% ../nbs/15_pipeline.ipynb #b7e2a005
+class _CellCount:
+    "A file for papermill's tqdm bar (`bar_format='{n}/{total}'`): keeps the last count instead of printing it."
+    encoding = "utf-8"
+    def __init__(self): self.text = ""
+    def write(self, s: str):
+        m = re.findall(r"(\d+)/(\d+)", s)
+        if m: n, t = map(int, m[-1]); self.text = f"cell {min(n + 1, t)}/{t}"  # papermill counts finished cells
+    def flush(self): pass
+
+class ProgressConsole:
+    "One live console line for a running stage, from its progress folder and papermill's cell count (a context manager)."
+    def __init__(self, folder,  # the stage's progress folder (`$VLMSSM_PROGRESS_DIR`)
+                 label: str,  # what the line starts with, e.g. `[3/3] 30_vlm_train`
+                 show: bool = True,  # print it (False: only follow it, for the manifest)
+                 stream=None,  # where (default `sys.stdout`)
+                 tty: bool | None = None,  # rewrite in place (default: whether `stream` is a terminal)
+                 poll: float = 0.5,  # seconds between looks at the folder
+                 every: float = 30.0):  # least seconds between lines when not a terminal
+        self.folder, self.label, self.show, self.stream = Path(folder), label, show, stream or sys.stdout
+        self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()) if tty is None else tty
+        self.poll, self.every, self.cells, self.t0 = poll, every, _CellCount(), time.time()
+        self.body, self._printed, self._said, self._stop, self._thread = "", -math.inf, "", threading.Event(), None
+
+    def line(self, now: float | None = None) -> str:
+        "The label, the elapsed time, then what the stage reports (`body`)."
+        now = time.time() if now is None else now
+        self.body = " · ".join(b for b in (self.cells.text, progress_line(read_progress(self.folder), now)) if b)
+        return f"{self.label} {_clock(now - self.t0)}" + (f" · {self.body}" if self.body else "")
+
+    def tick(self, now: float | None = None):
+        "Look once and show the line (in place on a terminal when it changed; else a new line if due and changed)."
+        now = time.time() if now is None else now
+        line = self.line(now)
+        if not self.show: return
+        if self.tty:
+            line = line[:max(20, shutil.get_terminal_size().columns - 1)]
+            if line != self._said: self.stream.write("\r\x1b[2K" + line); self.stream.flush(); self._said = line
+        elif self.body and self.body != self._said and now - self._printed >= self.every:
+            print(line, file=self.stream, flush=True); self._printed, self._said = now, self.body
+
+# %% ../nbs/15_pipeline.ipynb #b7e2a007
+@patch
+def __enter__(self: ProgressConsole):
+    "Start following (and showing) the line in a thread (in a log, the first line after `every` seconds)."
+    self.t0 = self._printed = time.time()
+    def loop():
+        while not self._stop.wait(self.poll):
+            try: self.tick()
+            except Exception: pass  # a console line must never break a stage
+    if self.show: self._thread = threading.Thread(target=loop, daemon=True, name="vlmssm-progress"); self._thread.start()
+    return self
+
+@patch
+def __exit__(self: ProgressConsole, *exc):
+    "Stop, take the last state (`body`, for the manifest) and clear the terminal line."
+    self._stop.set()
+    if self._thread: self._thread.join()
+    self.line()
+    if self.show and self.tty: self.stream.write("\r\x1b[2K"); self.stream.flush()
+
+def _clock(seconds: float) -> str:
+    s = int(max(0, seconds)); return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
 # %% ../nbs/15_pipeline.ipynb #3067b017
 class StageFailed(RuntimeError):
     "A stage notebook failed; the message is one line: stage, cell, error."
 
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # the kernel's own start-up warnings (TCP transport) say nothing to the user
+PROGRESS_DIR = ".progress"  # in a stage's work folder: its `Progress` files while it runs (the manifest keeps the last state)
 
-def execute_stage(stage: Stage, work: Path, params: dict, timeout: int, progress: bool = True):
-    "Run `stage`'s notebook with papermill into `work`; a failure becomes one `StageFailed` line."
+def execute_stage(stage: Stage, work: Path, params: dict, timeout: int,
+                  progress: bool = True,  # show the live progress line in the console
+                  label: str = "",  # the line's start (default: the stage name)
+                 ) -> ProgressConsole:
+    "Run `stage`'s notebook with papermill into `work`, following its progress; a failure becomes one `StageFailed` line."
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
-    t0, nb = time.time(), work/f"{stage.name}.ipynb"
+    t0, nb, folder = time.time(), work/f"{stage.name}.ipynb", work/PROGRESS_DIR
+    old, os.environ[PROGRESS_ENV] = os.environ.get(PROGRESS_ENV), str(folder)  # the kernel and its workers inherit it
     try:
-        pm.execute_notebook(str(stage.path), str(nb), parameters=params, kernel_name="python3", progress_bar=progress,
-                            cwd=str(Path.cwd()), execution_timeout=timeout, extra_arguments=KERNEL_ARGS)
+        with ProgressConsole(folder, label or stage.name, show=progress) as con:
+            pm.execute_notebook(str(stage.path), str(nb), parameters=params, kernel_name="python3", cwd=str(Path.cwd()),
+                                progress_bar=dict(file=con.cells, bar_format="{n}/{total}", mininterval=0), execution_timeout=timeout,
+                                extra_arguments=KERNEL_ARGS)
+        return con
     except PapermillExecutionError as e:
         ev = str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ""
         raise StageFailed(f"stage {stage.name} failed in cell {e.cell_index}: {e.ename}: {ev} (executed notebook: {nb}; a rerun resumes in its folder)") from None
     except Exception as e:
         if type(e).__name__ not in ("CellTimeoutError", "DeadKernelError", "TimeoutError"): raise
         raise StageFailed(f"stage {stage.name} stopped: {type(e).__name__} after {time.time()-t0:.0f}s (runtime.stage_timeout={timeout}; a rerun resumes in {work})") from None
+    finally:
+        if old is None: os.environ.pop(PROGRESS_ENV, None)
+        else: os.environ[PROGRESS_ENV] = old
 
 def checked_reads(stage: Stage, work: Path) -> list[str]:
     "The config keys the stage recorded reading; `StageFailed` if any section is not in its `uses`."
@@ -374,9 +487,10 @@ def checked_reads(stage: Stage, work: Path) -> list[str]:
 
 # %% ../nbs/15_pipeline.ipynb #5a8c3e17
 def run_stage(stage: Stage, cfg: StudyConfig, run_dir: Path, key: str, parts: dict, config_path: Path,
-              progress: bool = True,  # papermill's per-cell progress bar
+              progress: bool = True,  # the live progress line in the console
               fresh: bool = False,  # discard an earlier attempt's work folder instead of resuming it
               log=print,  # one-line messages (resuming, stale folders removed)
+              label: str = "",  # how the progress line names the stage (`[3/3] 30_vlm_train`)
              ) -> dict:
     "Execute one stage in its work folder (resuming an earlier attempt with the same key), write its manifest, swap it into place."
     run_dir, work = Path(run_dir), work_dir(run_dir, stage.name, key)
@@ -385,16 +499,19 @@ def run_stage(stage: Stage, cfg: StudyConfig, run_dir: Path, key: str, parts: di
     if resumed:
         log(f"resuming in {work.name}: {len(file_list(work))} file(s) from an interrupted or failed attempt")
         for f in ("summary.json", "config_reads.json"): (work/f).unlink(missing_ok=True)  # this attempt's own records
+        shutil.rmtree(work/PROGRESS_DIR, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     params = dict(preset=cfg.name, config_path=str(config_path), run_dir=str(run_dir), out_dir=str(work))
     t0, started = time.time(), dt.datetime.now(dt.timezone.utc).isoformat()
-    execute_stage(stage, work, params, cfg.runtime.stage_timeout or None, progress)
+    con = execute_stage(stage, work, params, cfg.runtime.stage_timeout or None, progress, label)
+    last = dict(line=con.body, tasks=[{k: t.get(k) for k in ("task", "parent", "unit", "done", "total", "detail")} for t in read_progress(con.folder)])
+    shutil.rmtree(con.folder, ignore_errors=True)
     reads = checked_reads(stage, work)
     summary = json.loads((work/"summary.json").read_text()) if (work/"summary.json").exists() else {}
     manifest = dict(stage=stage.name, status="ok", key=key, run_id=content_hash([key, started]), inputs=parts, config_reads=reads,
                     parameters=params | {"out_dir": str(run_dir/stage.name)}, seed=cfg.seed, versions=package_versions(),
                     git_commit=git_commit(), host=platform.node(), started=started, seconds=round(time.time() - t0, 2),
-                    resumed=resumed, summary=summary, files=file_list(work))
+                    resumed=resumed, progress=last, summary=summary, files=file_list(work))
     atomic_write(work/"manifest.json", json.dumps(manifest, indent=2, default=str))
     move_into_place(work, run_dir/stage.name)
     return manifest
@@ -418,7 +535,7 @@ def run_study(config: str = "default",  # preset name or YAML path
               run_dir=None,  # run directory (default: the config's `paths.run_dir`)
               force: bool = False,  # rerun stages even when their key is unchanged, from an empty work folder
               stages_path=None,  # folder of stage notebooks (default: the checkout's `nbs/stages`)
-              progress: bool = True,  # papermill's per-cell progress bar
+              progress: bool = True,  # a live progress line per stage in the console
              ):
     "Run the study's stages in order, skipping unchanged ones and resuming interrupted ones; returns a table of what happened."
     import pandas as pd
@@ -443,7 +560,7 @@ def run_study(config: str = "default",  # preset name or YAML path
         missing = [u for u in s.upstream if u not in keys]
         if missing: raise StageFailed(f"stage {s.name} needs {', '.join(missing)} first (add it to the run or run it once)")
         say(f"running ({'forced' if force else why_run(old, parts)})")
-        m = run_stage(s, cfg, rd, key, parts, cfg_path, progress=progress, fresh=force, log=say)
+        m = run_stage(s, cfg, rd, key, parts, cfg_path, progress=progress, fresh=force, log=say, label=f"[{i}/{len(stages)}] {s.name}")
         keys[s.name] = m["run_id"]
         publish_figures(rd/s.name, Path(cfg.paths.figures_dir.format(preset=cfg.name)))
         say(f"done in {m['seconds']:.1f}s")

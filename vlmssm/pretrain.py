@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import PretrainConfig, StudyConfig
 from .backbones import create_encoder, get_encoder_spec, save_encoder, encoder_row, Encoder
-from .train import Checkpoint, Evaluate, fit, load_checkpoint, param_groups
-from .utils import atomic_write, content_hash, process_pool, write_csv
+from .train import Checkpoint, Evaluate, ReportProgress, fit, load_checkpoint, param_groups
+from .utils import Progress, atomic_write, content_hash, process_pool, write_csv
 
 # %% auto #0
 __all__ = ['CURVE_FIELDS', 'load_split', 'class_names', 'ShuffledBatches', 'lr_at', 'evaluate', 'throughput', 'PretrainJob',
@@ -208,17 +208,17 @@ def pretrain_study(cfg: StudyConfig,    # the study (`cfg.encoders`, `cfg.pretra
     "Pretrain the config's pico encoders and card every encoder; returns one row per encoder."
     train, other = plan(cfg)
     jobs = [PretrainJob(i, str(bench_root), str(out_dir), asdict(cfg.pretrain), cfg.seed, cfg.runtime.num_threads, progress, device) for i in train]
-    cards = {}
+    cards, prog = {}, Progress("encoders", total=len(jobs))  # the study runner's console line: encoders done, each one's step
     if jobs and cfg.runtime.jobs > 1:
         log(f"pretraining {len(jobs)} encoders in {min(cfg.runtime.jobs, len(jobs))} processes × {cfg.runtime.num_threads} thread(s)")
         with process_pool(min(cfg.runtime.jobs, len(jobs))) as ex:
-            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False})): j.encoder for j in jobs}
+            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False}), [ReportProgress(j.encoder, "encoders")]): j.encoder for j in jobs}
             for f in tqdm(as_completed(futs), total=len(futs), desc="encoders", disable=not progress):
                 try: cards[futs[f]] = c = f.result()
                 except Exception as e: raise RuntimeError(f"pretraining {futs[f]!r} failed: {type(e).__name__}: {e}") from None
-                log(_report(c))
+                log(_report(c)); prog.update(len(cards))
     else:
-        for j in jobs: cards[j.encoder] = c = pretrain_encoder(j); log(_report(c))
+        for j in jobs: cards[j.encoder] = c = pretrain_encoder(j, [ReportProgress(j.encoder, "encoders")]); log(_report(c)); prog.update(len(cards))
     for i, why in other.items():
         if why.startswith("real"): c = published_card(i)
         else:

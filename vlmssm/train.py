@@ -22,8 +22,8 @@ from .vlm import VLM, pad_batch
 
 # %% auto #0
 __all__ = ['LOSS_FIELDS', 'param_groups', 'save_checkpoint', 'load_checkpoint', 'FitRun', 'Callback', 'fit', 'CSVLog', 'Evaluate',
-           'TrackerLog', 'Checkpoint', 'ConversationDataset', 'Collator', 'epoch_batches', 'recipe_fingerprint',
-           'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'vlm_step_fn', 'train']
+           'TrackerLog', 'Checkpoint', 'ReportProgress', 'ConversationDataset', 'Collator', 'epoch_batches',
+           'recipe_fingerprint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'vlm_step_fn', 'train']
 
 # %% ../nbs/09_train.ipynb #2f6aa61b
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -174,6 +174,15 @@ class Checkpoint(Callback):
     def after_step(self, run):
         if (self.every and run.step % self.every == 0 and not run.last) or (self.at_end and run.last):
             save_checkpoint(self.folder, self.unwrap(run.model), run.opt, run.sched, run.state)
+
+# %% ../nbs/09_train.ipynb #c3d5e7a2
+from .utils import Progress
+
+class ReportProgress(Callback):
+    "Report the run's step to the study runner's progress line (as part `task` of `parent`); a no-op outside a study."
+    def __init__(self, task: str, parent: str | None = None, **kw): self.task, self.parent, self.kw = task, parent, kw
+    def before_fit(self, run): self.p = Progress(self.task, total=run.total, unit="step", parent=self.parent, **self.kw).update(run.step)
+    def after_step(self, run): self.p.update(run.step)
 
 # %% ../nbs/09_train.ipynb #f40c080a
 class ConversationDataset:

@@ -154,14 +154,17 @@ def run_job(job: RunJob) -> dict:
     k = 0 if vlm.blind else vlm.connector.num_tokens(feats.shape[1])
     data = ConversationDataset(records, vlm.fmt, use_images=not vlm.blind, num_image_tokens=k)
     if cfg.train.stage == "full-finetune" or not cfg.train.use_feature_cache: raise NotImplementedError("run_job trains from cached features (frozen encoder); set train.use_feature_cache: true")
-    summary = train(vlm, data, cfg.train, out, seed=job.seed, features=feats, resume=True, device=job.device, progress=job.progress)
+    from vlmssm.train import ReportProgress; from vlmssm.utils import Progress  # the study runner's console line
+    summary = train(vlm, data, cfg.train, out, seed=job.seed, features=feats, resume=True, device=job.device, progress=job.progress,
+                    callbacks=[ReportProgress(job.name, parent="runs")])
     if "val" not in summary:
+        p = Progress(job.name, parent="runs", unit="step", detail="validating")
         items = evaluate_split(vlm, bench, "val", val_feats, cfg.eval, n=cfg.eval.val_items)
         items.insert(0, "run", job.name)
         atomic_write(out / "val_items.csv", items.to_csv(index=False))
         summary["val"] = summarize_items(items, cfg.eval.taus)
         summary.update(run=job.name, encoder=job.encoder or "blind", seed=job.seed)
-        atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+        atomic_write(out / "summary.json", json.dumps(summary, indent=2)); p.update(summary["steps"], total=summary["steps"], detail="")
     return summary
 
 # %% ../nbs/13_vlm_runs.ipynb #c147482d
@@ -220,10 +223,11 @@ def train_study(cfg: StudyConfig,  # the study
                ) -> pd.DataFrame:
     "Build the LM, cache features, train every run (in parallel processes); returns one summary row per run."
     from vlmssm.data.benchmark import load_benchmark
+    from vlmssm.utils import Progress  # the study runner's console line
     out, n, th = Path(out_dir), max(1, cfg.runtime.jobs), cfg.runtime.num_threads
     records = llava_dicts(load_benchmark(bench_root).llava("train"))
     weights = {e.id: (weights or {}).get(e.id, e.weights) for e in cfg.encoders}
-    t0 = time.perf_counter()
+    t0, _ = time.perf_counter(), Progress("LM + feature caches")
     cache_args = [(e.id, weights[e.id], cfg.vlm.resize, str(bench_root), str(cache_root), th) for e in cfg.encoders]
     if cfg.vlm.lm != "embedded": lm_path, cache_rows = cfg.vlm.lm, None
     elif n == 1:
@@ -236,12 +240,12 @@ def train_study(cfg: StudyConfig,  # the study
     if cache_rows is None: cache_rows = [_cache_job(a) for a in cache_args]
     log(f"LM + feature caches ready in {time.perf_counter() - t0:.0f}s: " + ", ".join(f"{r['encoder']} {r['seconds']:.0f}s{' (hit)' if r['hit'] else ''}" for r in cache_rows))
     jobs = plan_runs(cfg, out, bench_root, lm_path, cache_root, weights, device, blind)
-    results = []
+    results, prog = [], Progress("runs", total=len(jobs))
     if n == 1:
-        for j in jobs: results.append(run_job(replace(j, progress=True))); log(f"{j.name}: {_brief(results[-1])}")
+        for j in jobs: results.append(run_job(replace(j, progress=True))); log(f"{j.name}: {_brief(results[-1])}"); prog.update(len(results))
     else:
         with _pool(n) as ex:
-            for j, r in zip(jobs, ex.map(run_job, jobs)): results.append(r); log(f"{j.name}: {_brief(r)}")
+            for j, r in zip(jobs, ex.map(run_job, jobs)): results.append(r); log(f"{j.name}: {_brief(r)}"); prog.update(len(results))
     rows = [{"run": r["run"], "encoder": r["encoder"], "seed": r["seed"], "steps": r["steps"], "seconds": r["seconds"],
              "steps_per_s": r["steps_per_s"], "final_loss": r["final_loss"], **{f"val_{k}": v for k, v in r["val"].items()}} for r in results]
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ import numpy as np, pandas as pd
 from tqdm.auto import tqdm
 from ..config import DataConfig
 from fastcore.basics import patch
-from ..utils import atomic_dir, file_sha256
+from ..utils import Progress, atomic_dir, file_sha256
 from .scenes import SPLITS, categories, check_data_config, generate_scene, scene_seed
 from .tasks import FAMILIES, scene_to_tasks, to_conversations
 from .formats import (DataFormatError, read_cls_index, read_coco, read_json, read_llava, read_mask, read_refcoco,
@@ -66,15 +66,16 @@ def _records(cfg, tmp, progress):
     "Per-split scene records, generated in order (in worker processes when cfg.workers > 1)."
     jobs = [(s, i) for s in SPLITS for i in range(getattr(cfg, f"n_{s}"))]
     bar = tqdm(total=len(jobs), desc="scenes", unit="scene", disable=not progress, mininterval=0.5)
+    rep = Progress("scenes", total=len(jobs))  # the study runner's console line
     out = {s: [] for s in SPLITS}
     if cfg.workers <= 1:
-        for s, i in jobs: out[s].append(_scene_record(cfg, s, i, str(tmp))); bar.update()
+        for s, i in jobs: out[s].append(_scene_record(cfg, s, i, str(tmp))); bar.update(); rep.update(rep.done + 1)
     else:
         size = max(1, min(64, len(jobs)//(4*cfg.workers) or 1))
         chunks = [(cfg, s, list(range(a, min(a + size, getattr(cfg, f"n_{s}")))), str(tmp))
                   for s in SPLITS for a in range(0, getattr(cfg, f"n_{s}"), size)]
         with ProcessPoolExecutor(cfg.workers) as ex:
-            for (_, s, idx, _), recs in zip(chunks, ex.map(_scene_chunk, chunks)): out[s] += recs; bar.update(len(idx))
+            for (_, s, idx, _), recs in zip(chunks, ex.map(_scene_chunk, chunks)): out[s] += recs; bar.update(len(idx)); rep.update(rep.done + len(idx))
     bar.close()
     return out
 
