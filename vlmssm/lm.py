@@ -26,6 +26,7 @@ def load_lm(name_or_path: str,  # hub id (e.g. "lmsys/vicuna-7b-v1.5") or a loca
             trust_remote_code: bool = False,  # run model code from the hub repo (off by default)
             dtype: torch.dtype | str | None = None,  # weights dtype (None = as saved)
             local_files_only: bool | None = None,  # None = only when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set
+            attn_implementation: str | None = None,  # "eager" | "sdpa" | "flash_attention_2" (None or "default": transformers' choice)
            ) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     "Load a causal LM and its tokenizer; one clear line if they are missing or offline."
     local = Path(name_or_path).expanduser()
@@ -36,7 +37,8 @@ def load_lm(name_or_path: str,  # hub id (e.g. "lmsys/vicuna-7b-v1.5") or a loca
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local_files_only or local.is_dir())
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw)
+        attn = {} if attn_implementation in (None, "default") else {"attn_implementation": attn_implementation}
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw, **attn)
     except (OSError, ValueError) as e:
         if local.is_dir(): raise LMLoadError(f"cannot load LM from {local}: {str(e).splitlines()[0]}") from None
         why = "offline (HF_HUB_OFFLINE set or no network) and not in the local Hugging Face cache" if local_files_only \
@@ -51,15 +53,17 @@ def build_tokenizer(texts: Iterable[str],  # the training text (questions, answe
                     vocab_size: int = 1024,  # BPE vocabulary size including the 256 byte symbols and specials
                     min_frequency: int = 2,  # merges need at least this many occurrences
                     model_max_length: int = 512,  # the tokenizer's max length
+                    phrases: Sequence[str] = (),  # fixed phrases that become one (non-special) token each
                    ) -> PreTrainedTokenizerFast:
-    "Train a byte-level BPE tokenizer with Llama-style special tokens on `texts`."
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    "Train a byte-level BPE tokenizer with Llama-style special tokens on `texts` (and `phrases` as atomic tokens)."
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                                        special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.add_tokens([AddedToken(p, normalized=False, special=False) for p in dict.fromkeys(phrases) if p])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<PAD>", model_max_length=model_max_length, padding_side="right")
 

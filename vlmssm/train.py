@@ -235,14 +235,17 @@ def epoch_batches(lengths: Sequence[int],  # example lengths in tokens (image to
                   global_batch: int,  # examples per optimizer step
                   seed: int, epoch: int,
                   group_by_length: bool = True, split_modality: bool = True,
+                  megabatch: int = 0,  # sort by length within windows of this many global batches (0 = within each batch only)
                  ) -> list[list[int]]:
     "The global batches (lists of example indices) of one epoch."
     rng = np.random.default_rng([seed, epoch])
     lengths, has_image = np.asarray(lengths), np.asarray(has_image, bool)
     groups = [np.flatnonzero(has_image), np.flatnonzero(~has_image)] if split_modality else [np.arange(len(lengths))]
-    batches = []
+    batches, window = [], global_batch * megabatch
     for g in groups:
         g = rng.permutation(g)
+        if group_by_length and window:
+            g = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in np.array_split(g, range(window, len(g), window))] or [g])
         for s in range(0, len(g), global_batch):
             b = g[s:s + global_batch]
             if group_by_length: b = b[np.argsort(-lengths[b], kind="stable")]
@@ -282,7 +285,7 @@ def vlm_step_fn(acc, model, data: ConversationDataset, coll: Collator, cfg: Trai
     world, rank = acc.num_processes, acc.process_index
     def step_fn(step: int) -> dict:
         epoch, bi = divmod(step, n_batches)
-        if epoch not in cache: cache.clear(); cache[epoch] = epoch_batches(data.lengths, data.has_image, cfg.global_batch, seed, epoch, cfg.group_by_length, cfg.split_modality)
+        if epoch not in cache: cache.clear(); cache[epoch] = epoch_batches(data.lengths, data.has_image, cfg.global_batch, seed, epoch, cfg.group_by_length, cfg.split_modality, cfg.megabatch)
         gb = cache[epoch][bi]
         n_tgt = max(1, int(data.n_targets[gb].sum()))
         mine = gb[rank::world]
@@ -324,7 +327,7 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
         return done
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (cuda or cpu_has_native_bf16()))
     if bf16 and not cuda and not cpu_has_native_bf16():
         warnings.warn("train: precision 'bf16' on a CPU without native bf16 (AVX512-BF16/AMX): autocast is emulated and slower "
                       "than fp32; set train.precision: fp32 on this machine")
@@ -338,7 +341,7 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
         vlm.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.stage == "full-finetune" and features is not None: raise ValueError("train: full-finetune trains the encoder; pass pixels, not cached features")
     coll = Collator(data, vlm.tokenizer.pad_token_id, features, pixels)
-    n_batches = len(epoch_batches(data.lengths, data.has_image, cfg.global_batch, seed, 0, cfg.group_by_length, cfg.split_modality))
+    n_batches = len(epoch_batches(data.lengths, data.has_image, cfg.global_batch, seed, 0, cfg.group_by_length, cfg.split_modality, cfg.megabatch))
     T = total_steps(cfg, n_batches)
     opt = torch.optim.AdamW(param_groups(vlm, cfg.weight_decay), lr=cfg.lr)
     sched = get_cosine_schedule_with_warmup(opt, int(T * cfg.warmup_ratio), T)
@@ -362,7 +365,7 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
     secs = state["seconds"]
     summary = {"steps": T, "seconds": round(secs, 2), "steps_per_s": round(T / max(secs, 1e-9), 3),
                "final_loss": state["rows"][-1]["loss"] if state["rows"] else None, "seed": seed, "stage": cfg.stage,
-               "examples": len(data), "batches_per_epoch": n_batches, "device": str(acc.device), "bf16": bf16, "fingerprint": fp,
+               "examples": len(data), "batches_per_epoch": n_batches, "device": str(acc.device), "bf16": bf16, "precision": "bf16" if bf16 else "fp32", "fingerprint": fp,
                "eval": state["evals"][-1] if state["evals"] else {}}
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -134,7 +134,9 @@ def forward(self: VLM, input_ids, attention_mask, image_pos=None, labels=None, p
     embeds, mask, labels = self.embed(input_ids, attention_mask, image_pos, labels, pixel_values, image_features)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
-        h = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs).last_hidden_state
+        right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+        h = self.lm.base_model(inputs_embeds=embeds, attention_mask=None if right_padded else mask, position_ids=pos, use_cache=False,
+                               **kwargs).last_hidden_state
         keep = labels[:, 1:] != IGNORE_INDEX
         out = CausalLMOutputWithPast(logits=self.lm.get_output_embeddings()(h[:, :-1][keep]))
         logits, targets = out.logits, labels[:, 1:][keep]

@@ -21,9 +21,9 @@ from .utils import atomic_dir, atomic_write, content_hash, file_sha256, process_
 from .vlm import VLM, token_grid
 
 # %% auto #0
-__all__ = ['RUN_SECTIONS', 'llava_dicts', 'tokenizer_corpus', 'context_documents', 'build_embedded_lm', 'RunJob',
-           'split_features', 'prompt_conventions', 'build_vlm', 'run_job', 'run_config', 'encoder_weights', 'plan_runs',
-           'train_study']
+__all__ = ['RUN_SECTIONS', 'llava_dicts', 'tokenizer_corpus', 'context_documents', 'boilerplate_phrases', 'build_embedded_lm',
+           'RunJob', 'split_features', 'prompt_conventions', 'build_vlm', 'run_job', 'run_config', 'encoder_weights',
+           'plan_runs', 'train_study']
 
 # %% ../nbs/13_vlm_runs.ipynb #9b69d8ec
 def llava_dicts(records) -> list[dict]:
@@ -54,6 +54,14 @@ def context_documents(records: list[dict]) -> list[dict]:
         docs.append({"id": f"{first[0]['id']}-context", "image": img, "conversations": conv})
     return docs
 
+# %% ../nbs/13_vlm_runs.ipynb #6b0e3f12
+def boilerplate_phrases(prompt_format: str = "vicuna-v15") -> list[str]:
+    "The fixed phrases of the study's training text: the prompt format's system prompt, the short-answer suffix, the grounding instruction."
+    from vlmssm.data.tasks import REF_PROMPT, VQA_SUFFIX
+    from vlmssm.lm import VICUNA_SYSTEM
+    system = [VICUNA_SYSTEM] if prompt_format in ("vicuna-v15", "auto") else []
+    return system + [VQA_SUFFIX, REF_PROMPT.split("{")[0].rstrip()]
+
 # %% ../nbs/13_vlm_runs.ipynb #f9f045cd
 def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `LlavaRecord`s): the LM's text
                       cfg: StudyConfig,  # uses `vlm.embedded`, `vlm.prompt_format`, `train` (optimizer settings)
@@ -67,8 +75,10 @@ def build_embedded_lm(records: Sequence,  # training records (LLaVA dicts or `Ll
     key = content_hash([asdict(e), recipe_fingerprint(tc, e.seed, 0), cfg.vlm.prompt_format, cfg.vlm.max_length, content_hash(records)], n=16)
     final = out / "lm"
     if (final / "vlmssm_lm.json").exists() and json.loads((final / "vlmssm_lm.json").read_text())["key"] == key: return final
-    tok = build_tokenizer(tokenizer_corpus(records, cfg.vlm.prompt_format), vocab_size=e.vocab_size, model_max_length=e.max_positions)
+    tok = build_tokenizer(tokenizer_corpus(records, cfg.vlm.prompt_format), vocab_size=e.vocab_size, model_max_length=e.max_positions,
+                          phrases=boilerplate_phrases(cfg.vlm.prompt_format) if e.atomic_phrases else ())
     lm = tiny_llama(tok, e)
+    if cfg.vlm.attn_implementation != "default": lm.set_attn_implementation(cfg.vlm.attn_implementation)
     summary = {}
     if e.pretrain_steps > 0:
         vlm = VLM(lm, tok, prompt_format=cfg.vlm.prompt_format)
@@ -122,7 +132,7 @@ def prompt_conventions() -> dict:
 
 def build_vlm(cfg: StudyConfig, lm_path: str, enc=None, enc_ref: dict | None = None) -> VLM:
     "The study's VLM: the shared LM + (for an encoder) a freshly initialised connector."
-    lm, tok = load_lm(lm_path, trust_remote_code=cfg.vlm.trust_remote_code)
+    lm, tok = load_lm(lm_path, trust_remote_code=cfg.vlm.trust_remote_code, attn_implementation=cfg.vlm.attn_implementation)
     lm, tok = prepare_tokenizer(lm, tok, image_token=cfg.vlm.image_position == "at-image-token")
     conn = None
     if enc is not None:
