@@ -316,6 +316,7 @@ def _check_eval(ev):
     names = [c.name for c in ev.checkpoints]
     for i, c in enumerate(ev.checkpoints):
         if not c.name.strip() or not c.path.strip(): raise ConfigError(f"config key 'eval.checkpoints[{i}]': name and path must not be empty")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", c.name): raise ConfigError(f"config key 'eval.checkpoints[{i}].name': {c.name!r} must be a file-name-safe id (letters, digits, . _ + -)")
         if c.name in names[:i] or c.name in ("prior", "blind"): raise ConfigError(f"config key 'eval.checkpoints[{i}].name': {c.name!r} is used twice or reserved ('prior', 'blind')")
 
 # %% ../nbs/00a_config.ipynb #6cf20709

@@ -20,10 +20,10 @@ except ImportError: get_task = None
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'SCORING_FILE', 'TaskItem', 'task_items', 'rescore', 'item_record', 'generate_items', 'EvalJob',
-           'model_key', 'items_key', 'load_model', 'job_features', 'prior_outputs', 'run_eval_job', 'read_runs',
-           'plan_eval', 'reuse_predictions', 'prediction_files', 'read_predictions', 'run_results', 'aggregate_table',
-           'breakdown_table', 'pairwise_differences', 'val_table', 'compare_to', 'score_predictions', 'headline_table',
-           'evaluate_study']
+           'model_key', 'items_key', 'load_model', 'EncodedImages', 'job_features', 'prior_outputs', 'run_eval_job',
+           'read_runs', 'plan_eval', 'reuse_predictions', 'prediction_files', 'read_predictions', 'run_results',
+           'aggregate_table', 'breakdown_table', 'pairwise_differences', 'val_table', 'compare_to', 'score_predictions',
+           'headline_table', 'evaluate_study']
 
 # %% ../../nbs/11b_evals.study.ipynb #b1100007
 EMBEDDED = "scenes"  # the embedded benchmark's task name
@@ -45,6 +45,7 @@ def task_items(cfg,  # the study (`StudyConfig`: `data.root` for real benchmarks
     "The items of one evaluation task, each tagged with its task, group and question type."
     if name == EMBEDDED:
         from vlmssm.data.benchmark import load_benchmark
+        if cfg.data.source != "scenes": raise ValueError(f"eval task 'scenes' needs the embedded benchmark (data.source: scenes, got {cfg.data.source!r}); list real benchmarks in eval.tasks")
         if bench_root is None or not Path(bench_root).is_dir(): raise FileNotFoundError(f"eval task 'scenes': no written benchmark at {bench_root} (run stage 00_data)")
         bench = load_benchmark(bench_root)
         qtypes = {q.question_id: q.question_type for q in bench.vqa(split)}
@@ -106,6 +107,7 @@ class EvalJob:
     key: str  # content key: model files + items + generation budget
     options: dict = field(default_factory=dict)  # prismatic: lm / weights / encoder overrides
     bench_root: str = ""  # the written embedded benchmark (features of its test images; the prior's train split)
+    data_root: str = ""  # real benchmarks' root (`data.root`): item images are relative to it
     cache_root: str = ""  # the study's feature cache
     threads: int = 1
     batch_size: int = 32
@@ -146,15 +148,25 @@ def load_model(job: EvalJob):
         return VLM.from_prismatic(job.path, encoder=enc, lm=job.options.get("lm") or None).to(job.device), enc_id
     raise ValueError(f"eval job {job.name!r}: unknown source {job.source!r} (run | prismatic | prior)")
 
+class EncodedImages:
+    "Encoder tokens computed on demand from image files (`get(ids)`, the `CachedFeatures` contract): real benchmarks, too large to cache."
+    def __init__(self, encoder, transform, root, device="cpu"): self.encoder, self.tf, self.root, self.device = encoder, transform, Path(root), device
+    @torch.no_grad()
+    def get(self, ids: Sequence[str]) -> torch.Tensor:
+        from PIL import Image
+        px = torch.stack([self.tf(Image.open(self.root / i).convert("RGB")) for i in ids]).to(self.device)
+        return self.encoder.eval()(px).float()
+
 def job_features(vlm, enc_id: str, job: EvalJob, titems: Sequence[TaskItem]):
-    "The encoder tokens of every item's image, from the study's feature cache (computed once if missing)."
+    "Encoder tokens of every item's image: the embedded test split from the study's feature cache (the entry stage 30 wrote), real benchmarks' images encoded per batch."
     from vlmssm.cache import FeatureCache
     from vlmssm.data.benchmark import load_benchmark
     from vlmssm.vlm_runs import split_features  # the same cache entries stage 30 wrote
-    if any(not t.task.startswith(EMBEDDED) for t in titems):
-        raise NotImplementedError("features for real-benchmark images: not wired yet (only the embedded benchmark's test split)")
     tf = vlm.encoder.transform(vlm.spec.get("resize") or "letterbox")
-    return split_features(FeatureCache(job.cache_root), vlm.encoder, tf, enc_id, load_benchmark(job.bench_root), "test")
+    if all(t.task.startswith(EMBEDDED) for t in titems):
+        return split_features(FeatureCache(job.cache_root), vlm.encoder, tf, enc_id, load_benchmark(job.bench_root), "test")
+    if any(t.task.startswith(EMBEDDED) for t in titems): raise ValueError("eval.tasks: the embedded `scenes` and real benchmarks cannot be mixed in one study")
+    return EncodedImages(vlm.encoder, tf, job.data_root, job.device)
 
 # %% ../../nbs/11b_evals.study.ipynb #b1100021
 def prior_outputs(bench_root, titems: Sequence[TaskItem]) -> list[str]:
@@ -201,7 +213,7 @@ def plan_eval(cfg, titems: Sequence[TaskItem], runs: Sequence[dict], pred_dir, b
     "One job per run, per listed checkpoint, and the prior baseline (when the embedded benchmark is evaluated)."
     ev, pred_dir = cfg.eval, Path(pred_dir)
     ik = items_key(titems, ev.max_new_tokens, ev.iou)
-    common = dict(bench_root=str(bench_root), cache_root=str(cache_root), threads=cfg.runtime.num_threads, batch_size=ev.batch_size,
+    common = dict(bench_root=str(bench_root), data_root=str(cfg.data.root), cache_root=str(cache_root), threads=cfg.runtime.num_threads, batch_size=ev.batch_size,
                   max_new_tokens=ev.max_new_tokens, iou=ev.iou, device=device)
     mk = lambda name, enc, seed, src, path, opts={}: EvalJob(name, enc, seed, src, str(path), str(pred_dir / f"{name}.jsonl"),
                                                            content_hash([model_key(src, path, opts), ik]), dict(opts), **common)
