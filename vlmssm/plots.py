@@ -71,7 +71,7 @@ def _bars(ax, g: pd.DataFrame, label: str):
     g = g.sort_values("value")
     err = [(g.value - g.low).fillna(0).clip(lower=0), (g.high - g.value).fillna(0).clip(lower=0)]
     ax.barh(g.encoder, g.value, xerr=err, capsize=3, color=["0.6" if e in BASELINES else "C0" for e in g.encoder])
-    ax.set(xlabel=label)
+    ax.set(xlabel=label, xlim=(0, max(1.0, float(g.high.fillna(g.value).max())) * 1.05))
 
 def plot_eval_scores(aggregates: pd.DataFrame,  # `evals.study.aggregate_table(...)`
                      view: str = "weighted",  # "weighted" | "equal-task"
@@ -85,7 +85,7 @@ def plot_eval_scores(aggregates: pd.DataFrame,  # `evals.study.aggregate_table(.
         g = a[a.scope == agg]
         _bars(ax, g, f"{view} {agg} (%)")
         nd = g.sort_values("n").n_d.iloc[-1]
-        ax.set_title(f"{view} {agg.upper() if agg != 'overall' else 'Overall'}\n" + nd.replace("; ", ", "), fontsize=7)
+        ax.set_title(f"{view} {dict(vqa='VQA', loc='Loc', overall='Overall')[agg]}\n" + nd.replace("; ", ", "), fontsize=7)
     fig.tight_layout()
     return fig
 
