@@ -182,20 +182,21 @@ def prior_outputs(bench_root, titems: Sequence[TaskItem]) -> list[str]:
 def run_eval_job(job: EvalJob, titems: Sequence[TaskItem]) -> dict:
     "Evaluate one model on `titems`; write its predictions (JSONL, atomically) and a sidecar with key and timing."
     torch.set_num_threads(job.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     meta = dict(run=job.name, encoder=job.encoder, seed=job.seed)
     if job.source == "prior": load_s, outputs = 0.0, prior_outputs(job.bench_root, titems)
     else:
         vlm, enc_id = load_model(job)
         feats = None if vlm.blind else job_features(vlm, enc_id, job, titems)
-        load_s = time.perf_counter() - t0
+        load_s, c0 = time.perf_counter() - t0, time.process_time()
         outputs = generate_items(vlm, [t.item for t in titems], feats, job.batch_size, job.max_new_tokens,
                                  progress=job.progress, desc=job.name, position=job.position)
-    gen_s = time.perf_counter() - t0 - load_s
+    gen_s, gen_cpu = time.perf_counter() - t0 - load_s, time.process_time() - c0  # CPU seconds: what a busy machine does not inflate
     lines = [json.dumps(item_record(t, o, job.iou, **meta)) for t, o in zip(titems, outputs)]
     atomic_write(job.out, "\n".join(lines) + "\n")
     info = dict(meta, key=job.key, source=job.source, path=job.path, items=len(titems), load_seconds=round(load_s, 3),
-                generate_seconds=round(gen_s, 3), items_per_s=round(len(titems) / max(gen_s, 1e-9), 1))
+                generate_seconds=round(gen_s, 3), generate_cpu_seconds=round(gen_cpu, 3), items_per_s=round(len(titems) / max(gen_s, 1e-9), 1),
+                threads=job.threads, batch_size=job.batch_size)
     atomic_write(Path(job.out).with_suffix(".json"), json.dumps(info, indent=2))
     return info
 
@@ -404,6 +405,7 @@ def score_predictions(paths: Sequence,  # prediction files or folders
                       level: float | None = None,  # CI level (None: scoring.json, else 0.95)
                       n_resamples: int | None = None,  # bootstrap resamples (None: scoring.json, else 1000)
                       rescored: bool = False,  # recompute scores from the raw outputs
+                      jobs: int = 1,  # processes for the bootstrap tables (the same numbers with any count)
                      ) -> dict[str, pd.DataFrame]:
     "Every table of the evaluation from saved predictions: results, aggregates, breakdown, differences."
     files = prediction_files(paths)
@@ -412,8 +414,12 @@ def score_predictions(paths: Sequence,  # prediction files or folders
     level = level if level is not None else saved.get("ci_level", 0.95)
     n_resamples = n_resamples if n_resamples is not None else saved.get("bootstrap", 1000)
     items = read_predictions(files, rescored=rescored)
-    out = dict(results=run_results(items, taus), aggregates=aggregate_table(items, level, n_resamples),
-               breakdown=breakdown_table(items, level, n_resamples), differences=pairwise_differences(items, level, n_resamples))
+    fns = dict(aggregates=aggregate_table, differences=pairwise_differences, breakdown=breakdown_table)
+    if jobs > 1:
+        with process_pool(min(jobs, len(fns))) as ex: futs = {k: ex.submit(f, items, level, n_resamples) for k, f in fns.items()}
+        tabs = {k: f.result() for k, f in futs.items()}
+    else: tabs = {k: f(items, level, n_resamples) for k, f in fns.items()}
+    out = dict(results=run_results(items, taus), aggregates=tabs["aggregates"], breakdown=tabs["breakdown"], differences=tabs["differences"])
     if rescored: out["changed"] = items[items.score != items.stored_score][["run", "task", "id", "output", "stored_score", "score"]]
     return out
 
@@ -463,6 +469,6 @@ def evaluate_study(cfg,  # the study (`eval`, `data.root`, `runtime`)
         if n > 1: pool.shutdown()
     atomic_write(pred_dir / SCORING_FILE, json.dumps(dict(taus=list(ev.taus), ci_level=ev.ci_level, bootstrap=ev.bootstrap), indent=2))
     wall = time.perf_counter() - t0
-    tables = score_predictions(pred_dir, rescored=False)
+    tables = score_predictions(pred_dir, rescored=False, jobs=cfg.runtime.jobs)
     tables["timing"] = pd.DataFrame([dict(infos[j.name], reused=j not in todo) for j in jobs]).assign(wall_seconds=round(wall, 2))
     return tables
