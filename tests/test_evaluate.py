@@ -112,6 +112,7 @@ def test_resume_reuses_finished_predictions(stage, tmp_path):
     from vlmssm.config import load_config
     rd, out = stage
     cfg = load_config(str(rd/"config.yaml"))
+    cfg.runtime.jobs = 2                                                      # the worker-pool path: the same tables
     logs = []
     t = evaluate_study(cfg, rd/"00_data"/"scenes", rd/"30_vlm_train"/"runs", tmp_path, rd/"cache"/"features", reuse_from=out, log=logs.append, progress=False)
     assert t["timing"].set_index("run").reused.drop("prior").all(), t["timing"]

@@ -406,6 +406,7 @@ def score_predictions(paths: Sequence,  # prediction files or folders
                       n_resamples: int | None = None,  # bootstrap resamples (None: scoring.json, else 1000)
                       rescored: bool = False,  # recompute scores from the raw outputs
                       jobs: int = 1,  # processes for the bootstrap tables (the same numbers with any count)
+                      executor=None,  # or a running process pool to use (warm workers)
                      ) -> dict[str, pd.DataFrame]:
     "Every table of the evaluation from saved predictions: results, aggregates, breakdown, differences."
     files = prediction_files(paths)
@@ -415,9 +416,11 @@ def score_predictions(paths: Sequence,  # prediction files or folders
     n_resamples = n_resamples if n_resamples is not None else saved.get("bootstrap", 1000)
     items = read_predictions(files, rescored=rescored)
     fns = dict(aggregates=aggregate_table, differences=pairwise_differences, breakdown=breakdown_table)
-    if jobs > 1:
-        with process_pool(min(jobs, len(fns))) as ex: futs = {k: ex.submit(f, items, level, n_resamples) for k, f in fns.items()}
-        tabs = {k: f.result() for k, f in futs.items()}
+    if executor is not None or jobs > 1:
+        ex = executor or process_pool(min(jobs, len(fns)))
+        try: tabs = {k: f.result() for k, f in {k: ex.submit(f, items, level, n_resamples) for k, f in fns.items()}.items()}
+        finally:
+            if executor is None: ex.shutdown()
     else: tabs = {k: f(items, level, n_resamples) for k, f in fns.items()}
     out = dict(results=run_results(items, taus), aggregates=tabs["aggregates"], breakdown=tabs["breakdown"], differences=tabs["differences"])
     if rescored: out["changed"] = items[items.score != items.stored_score][["run", "task", "id", "output", "stored_score", "score"]]
@@ -459,16 +462,15 @@ def evaluate_study(cfg,  # the study (`eval`, `data.root`, `runtime`)
         f"{len(infos)} reused, {len(todo)} to evaluate in {min(max(1, cfg.runtime.jobs), max(1, len(todo)))} process(es)")
     n, t0 = max(1, min(cfg.runtime.jobs, len(todo))), time.perf_counter()
     args = [(replace(j, progress=progress, position=k % n if n > 1 else None), titems) for k, j in enumerate(todo)]
-    if n == 1: done = map(_run_job, args)
-    else: pool = process_pool(n, initializer=disable_progress_bar); done = pool.map(_run_job, args)
+    pool = process_pool(max(1, cfg.runtime.jobs), initializer=disable_progress_bar) if cfg.runtime.jobs > 1 else None
     try:
-        for j, info in zip(todo, done):
+        for j, info in zip(todo, pool.map(_run_job, args) if pool and n > 1 else map(_run_job, args)):
             infos[j.name] = info
             log(f"{j.name}: {info['items']} items in {info['generate_seconds']:.1f}s ({info['items_per_s']:.0f} items/s)")
+        atomic_write(pred_dir / SCORING_FILE, json.dumps(dict(taus=list(ev.taus), ci_level=ev.ci_level, bootstrap=ev.bootstrap), indent=2))
+        wall = time.perf_counter() - t0
+        tables = score_predictions(pred_dir, rescored=False, executor=pool)  # the bootstrap tables on the same (warm) workers
     finally:
-        if n > 1: pool.shutdown()
-    atomic_write(pred_dir / SCORING_FILE, json.dumps(dict(taus=list(ev.taus), ci_level=ev.ci_level, bootstrap=ev.bootstrap), indent=2))
-    wall = time.perf_counter() - t0
-    tables = score_predictions(pred_dir, rescored=False, jobs=cfg.runtime.jobs)
+        if pool: pool.shutdown()
     tables["timing"] = pd.DataFrame([dict(infos[j.name], reused=j not in todo) for j in jobs]).assign(wall_seconds=round(wall, 2))
     return tables
