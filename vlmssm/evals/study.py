@@ -435,7 +435,7 @@ def headline_table(aggregates: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     t = pd.DataFrame({name: a[(a.view == v) & (a.scope == sc)].set_index("encoder").cell for v, sc, name in cols})
     tasks = a[a.view == "task"].pivot(index="encoder", columns="scope", values="cell")
     n = a[a.view == "task"].groupby("scope").n.max()
-    t = t.join(tasks.rename(columns={c: f"{c} (n={n[c]})" for c in tasks.columns}))
+    t = t.join(tasks.rename(columns={c: f"{c} (n={int(n[c])})" for c in tasks.columns}))
     base = [e for e in ("blind", "prior") if e in t.index]
     return t.loc[[e for e in t.index if e not in base] + base].rename_axis("model").reset_index().fillna("")
 
