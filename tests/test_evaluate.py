@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from vlmssm.evals.core import EvalItem, predict
-from vlmssm.evals.study import evaluate_study, generate_items, read_predictions
+from vlmssm.evals.study import evaluate_study, generate_items
 from vlmssm.test_utils import QUESTION, fixture_tokenizer, tiny_vlm
 
 BIN = Path(sys.executable).parent/"vlmssm"

@@ -10,7 +10,7 @@ from typing import Sequence
 import pandas as pd
 
 # %% auto #0
-__all__ = ['loss_curves', 'read_val_items', 'learning_curves']
+__all__ = ['val_table', 'compare_to', 'loss_curves', 'read_val_items', 'learning_curves']
 
 # %% ../nbs/14_analysis.ipynb #73b6fdec
 def _summary(d: Path) -> dict: return json.loads((d / "summary.json").read_text())
@@ -39,4 +39,5 @@ def learning_curves(out_dir) -> pd.DataFrame:
     return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame(columns=CURVE_FIELDS)
 
 # %% ../nbs/14_analysis.ipynb #00791eb2
-from .evals.study import compare_to, val_table  # noqa: F401 (re-exported: stage 30 imports them from here)
+from .evals import study as _study
+val_table, compare_to = _study.val_table, _study.compare_to  # re-exported: stage 30 imports them from here

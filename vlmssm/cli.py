@@ -75,7 +75,9 @@ def chat(run: str = "",  # a trained VLM run directory (`--run DIR`)
         if msg.strip() in ("", "exit", "quit"): break
         print(session.ask(msg), flush=True)
 
-def score(predictions: Param("prediction files (JSONL) or folders of them, e.g. runs/default/40_evaluate/predictions", str, opt=False, nargs="+") = None,
+_PREDICTIONS = Param("prediction files (JSONL) or folders of them, e.g. runs/default/40_evaluate/predictions", str, opt=False, nargs="+")
+
+def score(predictions: _PREDICTIONS,
           bootstrap: int = None,  # bootstrap resamples (default: the stage's, from scoring.json beside the files; else 1000)
           level: float = None,  # confidence level of the intervals (default: scoring.json's; else 0.95)
           out: str = None,  # also write the tables as CSV into this folder (the stage's file names)

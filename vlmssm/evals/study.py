@@ -4,7 +4,7 @@
 
 # %% ../../nbs/11b_evals.study.ipynb #b1100002
 from __future__ import annotations
-import json, shutil, time
+import json, time
 from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import combinations
 from pathlib import Path
@@ -455,6 +455,9 @@ def evaluate_study(cfg,  # the study (`eval`, `data.root`, `runtime`)
     ev, pred_dir = cfg.eval, Path(out_dir) / "predictions"
     titems = [t for name in ev.tasks for t in task_items(cfg, name, bench_root)]
     runs = read_runs(runs_dir) if runs_dir else []
+    found = {r["name"] for r in runs}
+    skipped = sorted(d.name for d in Path(runs_dir).iterdir() if d.is_dir() and d.name not in found) if runs_dir and Path(runs_dir).is_dir() else []
+    if skipped: log(f"skipped {len(skipped)} run folder(s) without summary.json and model/ (unfinished): {', '.join(skipped)}")
     jobs = plan_eval(cfg, titems, runs, pred_dir, bench_root, cache_root, device)
     infos = {j.name: i for j in jobs if (i := reuse_predictions(j, [Path(reuse_from) / "predictions"] if reuse_from else []))}
     todo = [j for j in jobs if j.name not in infos]
