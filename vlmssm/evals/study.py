@@ -472,7 +472,7 @@ def evaluate_study(cfg,  # the study (`eval`, `data.root`, `runtime`)
             log(f"{j.name}: {info['items']} items in {info['generate_seconds']:.1f}s ({info['items_per_s']:.0f} items/s)")
         atomic_write(pred_dir / SCORING_FILE, json.dumps(dict(taus=list(ev.taus), ci_level=ev.ci_level, bootstrap=ev.bootstrap), indent=2))
         wall = time.perf_counter() - t0
-        tables = score_predictions(pred_dir, rescored=False, executor=pool)  # the bootstrap tables on the same (warm) workers
+        tables = score_predictions([j.out for j in jobs], rescored=False, executor=pool)  # this study's models only; the tables on the warm workers
     finally:
         if pool: pool.shutdown()
     tables["timing"] = pd.DataFrame([dict(infos[j.name], reused=j not in todo) for j in jobs]).assign(wall_seconds=round(wall, 2))
