@@ -324,7 +324,7 @@ def aggregate_table(items: pd.DataFrame, level: float = 0.95, n_resamples: int =
             zs = z.loc[enc, cols].dropna()
             if len(zs): rows.append(dict(encoder=enc, view="z-score", scope=agg, value=float(zs.mean()), low=np.nan, high=np.nan,
                                          seeds=items[items.encoder == enc].seed.nunique(), n=np.nan, n_tasks=len(zs), n_d="; ".join(zs.index)))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"n": "Int64"})  # item counts stay integers (none for the z-score rows)
 
 # %% ../../nbs/11b_evals.study.ipynb #b1100036
 def breakdown_table(items: pd.DataFrame, level: float = 0.95, n_resamples: int = 1000) -> pd.DataFrame:
