@@ -9,7 +9,7 @@ def run(*args, cwd=None):
 
 def test_help_everywhere():
     r = run("--help"); assert r.returncode == 0 and "study" in r.stdout
-    for cmd in ("study", "stages", "presets", "config", "encoders", "chat"):
+    for cmd in ("study", "stages", "presets", "config", "encoders", "chat", "score"):
         r = run(cmd, "--help"); assert r.returncode == 0 and "usage: vlmssm " + cmd in r.stdout, (cmd, r.stderr)
 
 def test_stages_and_presets():
@@ -22,7 +22,8 @@ def test_user_errors_are_one_line(tmp_path):
              (("config", "--preset", "smoke", "--set", "train.lr=fast"), "config key 'train.lr': expected float"),
              (("config", "--preset", "paper"), "missing path(s) or weight(s)"),
              (("nosuch",), "unknown command 'nosuch'"),
-             (("chat", "--run", str(tmp_path)), "missing --image")]
+             (("chat", "--run", str(tmp_path)), "missing --image"),
+             (("score", str(tmp_path/"nope.jsonl")), "predictions: " + str(tmp_path/"nope.jsonl") + " not found")]
     bad = tmp_path/"bad.yaml"; bad.write_text("inherit: smoke\ndata: {n_trian: 3}\n")
     cases.append((("config", "--preset", str(bad)), "unknown config key 'data.n_trian' (did you mean 'n_train'?)"))
     for args, msg in cases:

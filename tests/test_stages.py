@@ -4,13 +4,9 @@ from pathlib import Path
 import pytest
 from vlmssm.pipeline import discover_stages, run_study
 
-STAGES = [s.name for s in discover_stages()]
+# `smoke_run` (the smoke study, once per session) is in conftest.py: tests/test_evaluate.py reads it too
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    rd = tmp_path_factory.mktemp("smoke")/"run"
-    table = run_study("smoke", run_dir=rd, progress=False, overrides=["paths.figures_dir=" + str(rd/"figures")])
-    return rd, table
+STAGES = [s.name for s in discover_stages()]
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_smoke(smoke_run, stage):

@@ -13,8 +13,9 @@ from .utils import atomic_write, did_you_mean, is_offline
 
 # %% auto #0
 __all__ = ['PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig', 'DenseConfig', 'EmbeddedLMConfig',
-           'VLMConfig', 'TrainConfig', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig', 'from_dict',
-           'to_dict', 'missing_paths', 'validate', 'list_presets', 'load_config', 'save_config', 'check_names']
+           'VLMConfig', 'TrainConfig', 'CheckpointEntry', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig',
+           'from_dict', 'to_dict', 'missing_paths', 'validate', 'list_presets', 'load_config', 'save_config',
+           'check_names']
 
 # %% ../nbs/00a_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -158,6 +159,16 @@ class TrainConfig:
     eval_every: int = 0  # steps between validation passes (0 = only at the end)
     trackers: list[str] = field(default_factory=list)  # accelerate trackers to log to as well (e.g. tensorboard, wandb)
 
+# %% ../nbs/00a_config.ipynb #c4e1a001
+@dataclass
+class CheckpointEntry:
+    "A released VLM to evaluate: a Prismatic-format run directory (`config.json` + `checkpoints/latest-checkpoint.pt`)."
+    name: str  # the model's name in the evaluation tables
+    path: str  # the run directory
+    encoder: str = ""  # "" = the checkpoint's `vision_backbone_id`; else a vlmssm encoder id (the release's ids differ from ours)
+    weights: str = "hub"  # encoder weights: "hub" (published), "" (as built), or a local file
+    lm: str = ""  # "" = the hub id of its `llm_backbone_id`; else an LM hub id or local directory
+
 # %% ../nbs/00a_config.ipynb #736d3e7f
 @dataclass
 class EvalConfig:
@@ -169,6 +180,8 @@ class EvalConfig:
     val_items: int = 300  # held-out items scored during/after training (validation; the evaluate stage uses all)
     bootstrap: int = 1000  # bootstrap resamples for confidence intervals
     ci_level: float = 0.95  # confidence level of the intervals
+    tasks: list[str] = field(default_factory=lambda: ["scenes"])  # evaluation tasks: `scenes` (the embedded benchmark's test split) or registered real benchmarks
+    checkpoints: list[CheckpointEntry] = field(default_factory=list)  # released Prismatic-format VLMs evaluated beside the study's runs
 
 # %% ../nbs/00a_config.ipynb #b2e97f26
 @dataclass
@@ -295,6 +308,19 @@ def _positive(cfg: StudyConfig):
     if cfg.train.global_batch % cfg.train.per_device_batch:
         raise ConfigError(f"config key 'train.global_batch': {cfg.train.global_batch} is not a multiple of train.per_device_batch={cfg.train.per_device_batch}")
     if not cfg.seeds: raise ConfigError("config key 'seeds': needs at least one seed")
+    _check_eval(cfg.eval)
+
+def _check_eval(ev):
+    "Evaluation values: positive budgets, a CI level in (0, 1), tasks listed once, checkpoint names unique and non-empty."
+    for k in ("max_new_tokens", "batch_size", "bootstrap"):
+        if getattr(ev, k) <= 0: raise ConfigError(f"config key 'eval.{k}': must be positive, got {getattr(ev, k)}")
+    if not 0 < ev.ci_level < 1: raise ConfigError(f"config key 'eval.ci_level': must be in (0, 1), got {ev.ci_level}")
+    if not ev.tasks or len(set(ev.tasks)) != len(ev.tasks): raise ConfigError(f"config key 'eval.tasks': needs each task once, got {ev.tasks}")
+    names = [c.name for c in ev.checkpoints]
+    for i, c in enumerate(ev.checkpoints):
+        if not c.name.strip() or not c.path.strip(): raise ConfigError(f"config key 'eval.checkpoints[{i}]': name and path must not be empty")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", c.name): raise ConfigError(f"config key 'eval.checkpoints[{i}].name': {c.name!r} must be a file-name-safe id (letters, digits, . _ + -)")
+        if c.name in names[:i] or c.name in ("prior", "blind"): raise ConfigError(f"config key 'eval.checkpoints[{i}].name': {c.name!r} is used twice or reserved ('prior', 'blind')")
 
 # %% ../nbs/00a_config.ipynb #6cf20709
 def _hf_cached(repo_id: str) -> bool:
@@ -316,6 +342,10 @@ def missing_paths(cfg: StudyConfig) -> list[str]:
             elif not (root/v).exists(): miss.append(f"data.{k}={root/v}")
     for i, e in enumerate(cfg.encoders):
         if e.weights not in ("", "hub") and not Path(e.weights).exists(): miss.append(f"encoders[{i}].weights={e.weights}")
+    for i, c in enumerate(cfg.eval.checkpoints):
+        if not (Path(c.path)/"config.json").exists(): miss.append(f"eval.checkpoints[{i}].path={c.path} (no config.json)")
+        if c.weights not in ("", "hub") and not Path(c.weights).exists(): miss.append(f"eval.checkpoints[{i}].weights={c.weights}")
+        if c.lm.startswith((".", "/", "~")) and not Path(c.lm).expanduser().exists(): miss.append(f"eval.checkpoints[{i}].lm={c.lm}")
     lm = cfg.vlm.lm
     if lm != "embedded":
         if lm.startswith((".", "/", "~")):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 # %% auto #0
-__all__ = ['plot_learning_curves', 'plot_top1_speed', 'plot_loss_curves', 'plot_val_scores']
+__all__ = ['BASELINES', 'plot_learning_curves', 'plot_top1_speed', 'plot_loss_curves', 'plot_val_scores', 'plot_eval_scores',
+           'plot_task_breakdown', 'plot_difference_heatmap']
 
 # %% ../nbs/14a_plots.ipynb #95fb2c7d
 def plot_learning_curves(curves: pd.DataFrame,  # `analysis.learning_curves(...)`
@@ -59,5 +60,73 @@ def plot_val_scores(scores: pd.DataFrame):
         g = scores[scores.metric == m].sort_values("value")
         ax.barh(g.encoder, g.value, xerr=[g.value - g.low, g.high - g.value], color=["0.6" if e == "blind" else "C0" for e in g.encoder], capsize=3)
         ax.set(xlabel=f"{m} (%)", title={"vqa_acc": "VQA accuracy", "acc@0.5": "grounding Acc@0.5 (strict)"}.get(m, m))
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #e4a40002
+BASELINES = ("blind", "prior")  # models drawn grey: the blind LM and the majority-answer / mean-box prior
+
+def _bars(ax, g: pd.DataFrame, label: str):
+    "Horizontal bars of `value` per encoder with [low, high] error bars (none where the CI is missing)."
+    g = g.sort_values("value")
+    err = [(g.value - g.low).fillna(0).clip(lower=0), (g.high - g.value).fillna(0).clip(lower=0)]
+    ax.barh(g.encoder, g.value, xerr=err, capsize=3, color=["0.6" if e in BASELINES else "C0" for e in g.encoder])
+    ax.set(xlabel=label, xlim=(0, max(1.0, float(g.high.fillna(g.value).max())) * 1.05))
+
+def plot_eval_scores(aggregates: pd.DataFrame,  # `evals.study.aggregate_table(...)`
+                     view: str = "weighted",  # "weighted" | "equal-task"
+                    ):
+    "Per model: VQA, Loc and Overall (`view` weighting) with 95% CI bars; each panel names its tasks' n."
+    import matplotlib.pyplot as plt
+    a = aggregates[aggregates.view == view]
+    aggs = [x for x in ("vqa", "loc", "overall") if x in set(a.scope)]
+    fig, axes = plt.subplots(1, len(aggs), figsize=(4.2 * len(aggs), 0.35 * a.encoder.nunique() + 1.8), squeeze=False)
+    for ax, agg in zip(axes[0], aggs):
+        g = a[a.scope == agg]
+        _bars(ax, g, f"{view} {agg} (%)")
+        nd = g.sort_values("n").n_d.iloc[-1]
+        ax.set_title(f"{view} {dict(vqa='VQA', loc='Loc', overall='Overall')[agg]}\n" + nd.replace("; ", ", "), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #e4a40003
+def plot_task_breakdown(breakdown: pd.DataFrame,  # `evals.study.breakdown_table(...)`
+                       ):
+    "One panel per task and question family (all question types pooled): each model's score with CI bars."
+    import matplotlib.pyplot as plt
+    b = breakdown[breakdown.qtype == "all"]
+    keys = list(dict.fromkeys(zip(b.task, b.family)))
+    cols = min(4, len(keys)); rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, (0.3 * b.encoder.nunique() + 1.4) * rows), squeeze=False)
+    for ax, (t, f) in zip(axes.flat, keys):
+        g = b[(b.task == t) & (b.family == f)]
+        _bars(ax, g, "score (%)"); ax.set_title(f"{t}" + (f" / {f}" if f not in t else "") + f" (n={int(g.n.max())})", fontsize=8)
+    for ax in list(axes.flat)[len(keys):]: ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #e4a40004
+def plot_difference_heatmap(differences: pd.DataFrame,  # `evals.study.pairwise_differences(...)`
+                            metric: str = "weighted_overall",  # which metric's differences
+                           ):
+    "Row model minus column model (points) for `metric`, each cell annotated with its 95% CI; cells whose CI excludes 0 in bold."
+    import matplotlib.pyplot as plt, numpy as np
+    d = differences[differences.metric == metric]
+    names = sorted(set(d.encoder) | set(d.other), key=lambda e: (e in BASELINES, e))
+    M = d.pivot(index="encoder", columns="other", values="diff").reindex(index=names, columns=names)
+    lo = d.pivot(index="encoder", columns="other", values="low").reindex(index=names, columns=names)
+    hi = d.pivot(index="encoder", columns="other", values="high").reindex(index=names, columns=names)
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 0.9 * len(names) + 1.2))
+    v = np.nanmax(np.abs(M.to_numpy())) if M.notna().any().any() else 1.0
+    im = ax.imshow(M.to_numpy(float), cmap="RdBu", vmin=-v, vmax=v)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if i == j or np.isnan(M.iat[i, j]): continue
+            sig = lo.iat[i, j] > 0 or hi.iat[i, j] < 0
+            ax.text(j, i, f"{M.iat[i, j]:+.1f}\n[{lo.iat[i, j]:+.1f}, {hi.iat[i, j]:+.1f}]", ha="center", va="center", fontsize=6,
+                    fontweight="bold" if sig else "normal")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7); ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(title=f"{metric}: row − column (points, 95% CI)", xlabel="column model", ylabel="row model")
+    fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
