@@ -71,7 +71,7 @@ def rescore(rec: dict) -> dict:
 
 def item_record(t: TaskItem, output, iou: float = 0.5, **meta) -> dict:
     "The saved prediction of one item: `meta` (run, encoder, seed), the item, its output and its scores."
-    rec = {**meta, "task": t.task, "group": t.group, "qtype": t.qtype, **asdict(t.item), "output": output}
+    rec = {**meta, **asdict(t.item), "task": t.task, "group": t.group, "qtype": t.qtype, "output": output}  # the study's task name wins
     if t.item.kind == "ref": rec["iou"] = iou  # the item's Acc@IoU threshold (RefCOCO 0.5, OCID-Ref 0.25)
     return {**rec, **rescore(rec)}
 
