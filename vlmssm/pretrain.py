@@ -233,9 +233,10 @@ def published_card(id: str) -> dict:
 # %% ../nbs/09a_pretrain.ipynb #983e8b6d
 def plan(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
     "(pico encoders to pretrain, other encoders → why they are not trained)."
-    train, other, ids = [], {}, [e.id for e in cfg.encoders]
-    if bad := [k for k in cfg.pretrain.encoder_steps if k not in ids]:
-        raise ValueError(f"config key 'pretrain.encoder_steps': {', '.join(map(repr, bad))} not among the study's encoders ({', '.join(ids)})")
+    train, other = [], {}
+    for k in cfg.pretrain.encoder_steps:   # budgets may name encoders this study leaves out, but no unknown id
+        try: get_encoder_spec(k)
+        except KeyError as e: raise ValueError(f"config key 'pretrain.encoder_steps': {e.args[0] if e.args else e}") from None
     for e in cfg.encoders:
         spec = get_encoder_spec(e.id)
         if not spec.pico: other[e.id] = "real encoder: published ImageNet-1K top-1"
