@@ -20,8 +20,8 @@ from .probe import probe_encoder
 
 # %% auto #0
 __all__ = ['CURVE_FIELDS', 'load_split', 'class_names', 'ShuffledBatches', 'SceneBatches', 'flip_half', 'train_batches', 'lr_at',
-           'evaluate', 'throughput', 'PretrainJob', 'pretrain_encoder', 'encoders_csv_path', 'published_encoders',
-           'published_card', 'plan', 'pretrain_study']
+           'evaluate', 'throughput', 'train_speed', 'PretrainJob', 'pretrain_encoder', 'encoders_csv_path',
+           'published_encoders', 'published_card', 'plan', 'pretrain_study']
 
 # %% ../nbs/09a_pretrain.ipynb #a580803d
 def load_split(bench_root, split: str, enc: Encoder, strategy: str = "letterbox", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +120,17 @@ def throughput(enc: Encoder, batch: int = 32, repeats: int = 3) -> float:
         t = time.perf_counter(); enc(x); sync(); best = max(best, batch / (time.perf_counter() - t))
     enc.train(was)
     return best
+
+# %% ../nbs/09a_pretrain.ipynb #5ce0a10a
+def train_speed(encoder: str, image_size: int = 64, batch_size: int = 64, steps: int = 3, num_classes: int = 36) -> float:
+    "Training images per CPU-second of this thread (forward, backward and AdamW step; after one warm-up step)."
+    enc = create_encoder(encoder, resolution=image_size).reset_classifier(num_classes)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
+    x, y = torch.randn(batch_size, enc.in_chans, image_size, image_size), torch.randint(0, num_classes, (batch_size,))
+    for i in range(steps + 1):
+        if i == 1: t = time.thread_time()
+        F.cross_entropy(enc.classify(x), y).backward(); opt.step(); opt.zero_grad()
+    return steps * batch_size / (time.thread_time() - t)
 
 # %% ../nbs/09a_pretrain.ipynb #cef1713f
 @dataclass
