@@ -21,7 +21,7 @@ from .probe import probe_encoder
 # %% auto #0
 __all__ = ['CURVE_FIELDS', 'load_split', 'class_names', 'ShuffledBatches', 'SceneBatches', 'flip_half', 'train_batches', 'lr_at',
            'evaluate', 'throughput', 'train_speed', 'PretrainJob', 'pretrain_encoder', 'encoders_csv_path',
-           'published_encoders', 'published_card', 'plan', 'pretrain_study']
+           'published_encoders', 'published_card', 'plan', 'longest_first', 'pretrain_study']
 
 # %% ../nbs/09a_pretrain.ipynb #a580803d
 def load_split(bench_root, split: str, enc: Encoder, strategy: str = "letterbox", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,6 +256,11 @@ def plan(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
         else: train.append(e.id)
     return train, other
 
+def longest_first(jobs: Sequence[PretrainJob]) -> list[PretrainJob]:
+    "Jobs ordered by estimated training time (steps × batch / a quick `train_speed`), longest first, so parallel workers finish together."
+    def cost(j): c = PretrainConfig(**j.cfg); return j.steps * c.batch_size / train_speed(j.encoder, c.image_size, batch_size=8, steps=1)
+    return sorted(jobs, key=cost, reverse=True) if len(jobs) > 1 else list(jobs)
+
 def _report(c: dict) -> str:
     pr = f", probes shape {c['probe_shape']:.2f} colour {c['probe_color']:.2f}" if c.get("probe_shape") is not None else ""
     return f"{c['encoder']}: top-1 {c['top1']:.3f} (val {c['val_top1']:.3f}){pr}, {c['steps']} steps in {c['train_seconds']:.0f}s, {c['images_per_s']:.0f} img/s"
@@ -273,7 +278,7 @@ def pretrain_study(cfg: StudyConfig,    # the study (`cfg.encoders`, `cfg.pretra
     if jobs and cfg.runtime.jobs > 1:
         log(f"pretraining {len(jobs)} encoders in {min(cfg.runtime.jobs, len(jobs))} processes × {cfg.runtime.num_threads} thread(s)")
         with process_pool(min(cfg.runtime.jobs, len(jobs))) as ex:
-            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False})): j.encoder for j in jobs}
+            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False})): j.encoder for j in longest_first(jobs)}
             for f in tqdm(as_completed(futs), total=len(futs), desc="encoders", disable=not progress):
                 try: cards[futs[f]] = c = f.result()
                 except Exception as e: raise RuntimeError(f"pretraining {futs[f]!r} failed: {type(e).__name__}: {e}") from None
