@@ -91,6 +91,10 @@ class PretrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     grad_clip: float = 1.0  # gradient-norm clipping (0 = off)
     save_every: int = 0  # steps between resumable checkpoints (0 = none: a killed run restarts that encoder)
+    encoder_steps: dict[str, int] = field(default_factory=dict)  # per-encoder step budgets (encoder id → steps), overriding `steps` for those encoders
+    scenes: Literal["written", "fresh"] = "written"  # training images: `written` = the benchmark's train split, reshuffled every pass; `fresh` = new scenes from the benchmark's own generator and knobs every step, seeded by the step
+    hflip: bool = False  # mirror half of each batch left-right (keeps every label valid: each shape is left-right symmetric and rotations are drawn symmetrically)
+    probe_scenes: int = 2000  # training scenes for the linear shape/colour probes of the frozen tokens (`vlmssm.probe`), scored on the test split (0 = no probes)
 
 # %% ../nbs/00a_config.ipynb #329981c9
 @dataclass

@@ -16,10 +16,12 @@ from .config import PretrainConfig, StudyConfig
 from .backbones import create_encoder, get_encoder_spec, save_encoder, encoder_row, Encoder
 from .train import Checkpoint, Evaluate, ReportProgress, fit, load_checkpoint, param_groups
 from .utils import Progress, atomic_write, content_hash, process_pool, write_csv
+from .probe import probe_encoder
 
 # %% auto #0
-__all__ = ['CURVE_FIELDS', 'load_split', 'class_names', 'ShuffledBatches', 'lr_at', 'evaluate', 'throughput', 'PretrainJob',
-           'pretrain_encoder', 'encoders_csv_path', 'published_encoders', 'published_card', 'plan', 'pretrain_study']
+__all__ = ['CURVE_FIELDS', 'load_split', 'class_names', 'ShuffledBatches', 'SceneBatches', 'flip_half', 'train_batches', 'lr_at',
+           'evaluate', 'throughput', 'train_speed', 'PretrainJob', 'pretrain_encoder', 'encoders_csv_path',
+           'published_encoders', 'published_card', 'plan', 'longest_first', 'pretrain_study']
 
 # %% ../nbs/09a_pretrain.ipynb #a580803d
 def load_split(bench_root, split: str, enc: Encoder, strategy: str = "letterbox", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +50,42 @@ class ShuffledBatches:
         epoch, i = divmod(step, self.per_epoch)
         while len(self.perms) <= epoch: self.perms.append(torch.randperm(self.n, generator=self.gen))
         return self.perms[epoch][i * self.bs:(i + 1) * self.bs]
+
+# %% ../nbs/09a_pretrain.ipynb #5ce0a102
+class SceneBatches:
+    "Batches of new procedural scenes as a function of the step: `(images (B, C, H, W) through transform, labels (B,))`."
+    def __init__(self, data_cfg, batch_size: int, seed: int, transform):
+        from vlmssm.data.scenes import check_data_config
+        self.data, self.bs, self.seed, self.tf = check_data_config(data_cfg), batch_size, seed, transform
+    def scene(self, step: int, i: int):
+        from vlmssm.data.scenes import generate_scene
+        return generate_scene((self.data.seed, 3, self.seed, step * self.bs + i), self.data, check=False)
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+        from vlmssm.data.tasks import classification_targets
+        scenes = [self.scene(step, i) for i in range(self.bs)]
+        return (torch.stack([self.tf(Image.fromarray(s.image)) for s in scenes]),
+                torch.tensor([classification_targets(s, self.data)["label"] for s in scenes]))
+
+# %% ../nbs/09a_pretrain.ipynb #5ce0a105
+def flip_half(x: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    "Mirror a seeded half of the images of step `step` left-right."
+    m = torch.rand(len(x), generator=torch.Generator().manual_seed(seed * 1_000_003 + step)) < 0.5
+    return torch.where(m[:, None, None, None], x.flip(-1), x)
+
+def train_batches(job, enc: Encoder):
+    "(`step → (images, labels)` for `job`'s recipe, number of distinct training images or -1 for fresh scenes)."
+    c = PretrainConfig(**job.cfg)
+    if c.scenes == "fresh":
+        from vlmssm.data.benchmark import load_benchmark
+        src, n = SceneBatches(load_benchmark(job.bench_root).config, c.batch_size, job.seed, enc.transform(c.resize)), -1
+    else:
+        x, y = load_split(job.bench_root, "train", enc, c.resize)
+        order, n = ShuffledBatches(len(x), c.batch_size, job.seed), len(x)
+        src = lambda step: (x[(i := order(step))], y[i])
+    if not c.hflip: return src, n
+    def flipped(step): x, y = src(step); return flip_half(x, job.seed, step), y
+    return flipped, n
 
 # %% ../nbs/09a_pretrain.ipynb #70494861
 def lr_at(step: int, steps: int, warmup: int) -> float:
@@ -83,6 +121,17 @@ def throughput(enc: Encoder, batch: int = 32, repeats: int = 3) -> float:
     enc.train(was)
     return best
 
+# %% ../nbs/09a_pretrain.ipynb #5ce0a10a
+def train_speed(encoder: str, image_size: int = 64, batch_size: int = 64, steps: int = 3, num_classes: int = 36) -> float:
+    "Training images per CPU-second of this thread (forward, backward and AdamW step; after one warm-up step)."
+    enc = create_encoder(encoder, resolution=image_size).reset_classifier(num_classes)
+    opt = torch.optim.AdamW(enc.parameters(), lr=1e-4)
+    x, y = torch.randn(batch_size, enc.in_chans, image_size, image_size), torch.randint(0, num_classes, (batch_size,))
+    for i in range(steps + 1):
+        if i == 1: t = time.thread_time()
+        F.cross_entropy(enc.classify(x), y).backward(); opt.step(); opt.zero_grad()
+    return steps * batch_size / (time.thread_time() - t)
+
 # %% ../nbs/09a_pretrain.ipynb #cef1713f
 @dataclass
 class PretrainJob:
@@ -99,8 +148,13 @@ class PretrainJob:
     @property
     def fingerprint(self) -> str:
         "What determines the trained encoder: id, recipe (not its logging cadence) and seed."
-        recipe = {k: v for k, v in self.cfg.items() if k not in ("eval_every", "save_every")}
-        return content_hash([self.encoder, recipe, self.seed], n=16)
+        recipe = {k: v for k, v in self.cfg.items() if k not in ("eval_every", "save_every", "encoder_steps")}
+        return content_hash([self.encoder, {**recipe, "steps": self.steps}, self.seed], n=16)
+
+    @property
+    def steps(self) -> int:
+        "This encoder's step budget: `encoder_steps[id]`, else `steps`."
+        return int(self.cfg.get("encoder_steps", {}).get(self.encoder, self.cfg["steps"]))
 
 def _finished(job: PretrainJob) -> dict | None:
     out = Path(job.out_dir)
@@ -115,45 +169,48 @@ def pretrain_encoder(job: PretrainJob,
                     ) -> dict:
     "Pretrain one encoder on the benchmark's classification task; returns its card (also written to disk)."
     if (done := _finished(job)) is not None: return done
-    c, out = PretrainConfig(**job.cfg), Path(job.out_dir)
+    c, out, steps = PretrainConfig(**job.cfg), Path(job.out_dir), job.steps
     torch.set_num_threads(job.threads); torch.manual_seed(job.seed); np.random.seed(job.seed)
     t_start = time.perf_counter()
     enc = create_encoder(job.encoder, resolution=c.image_size)
     classes = class_names(job.bench_root)
     enc.reset_classifier(len(classes)).to(job.device)
-    xtr, ytr = load_split(job.bench_root, "train", enc, c.resize)
+    batches, n_train = train_batches(job, enc)
     xva, yva = load_split(job.bench_root, "val", enc, c.resize)
     xte, yte = load_split(job.bench_root, "test", enc, c.resize)
     opt = torch.optim.AdamW(param_groups(enc, c.weight_decay), lr=c.lr, betas=(0.9, 0.999))
-    warm = max(1, round(c.warmup_ratio * c.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, c.steps, warm))
-    batches, dev = ShuffledBatches(len(xtr), c.batch_size, job.seed), job.device
+    warm = max(1, round(c.warmup_ratio * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, steps, warm))
+    dev = job.device
     def step_fn(step):
-        idx = batches(step)
-        loss = F.cross_entropy(enc.classify(xtr[idx].to(dev)), ytr[idx].to(dev), label_smoothing=c.label_smoothing)
+        x, y = batches(step)
+        loss = F.cross_entropy(enc.classify(x.to(dev)), y.to(dev), label_smoothing=c.label_smoothing)
         loss.backward()
         return {"loss": loss.item()}
     def val(m): v = evaluate(enc, xva, yva); return {"val_top1": v["top1"], "val_loss": v["loss"]}
     ckpt = out/"checkpoints"/job.encoder
     state = load_checkpoint(ckpt, enc, opt, sched) if c.save_every else None
     if state is not None and state.get("fingerprint") != job.fingerprint: state = None
-    run = fit(enc, opt, sched, c.steps, step_fn, [Evaluate(val, every=c.eval_every, into_row=True)]
+    run = fit(enc, opt, sched, steps, step_fn, [Evaluate(val, every=c.eval_every, into_row=True)]
               + ([Checkpoint(ckpt, every=c.save_every, at_end=False)] if c.save_every else []) + list(callbacks),
               state=state or {"fingerprint": job.fingerprint}, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.encoder)
     train_s = run.state["seconds"] - run.state.get("eval_seconds", 0.0)
     enc.eval()
     val_m, test = evaluate(enc, xva, yva), evaluate(enc, xte, yte)
+    t_probe = time.perf_counter()
+    probes = probe_encoder(enc, job.bench_root, max_train=c.probe_scenes, strategy=c.resize) if c.probe_scenes else {}
     pc = enc.param_count()
     card = dict(encoder=job.encoder, family=enc.family, params_tapped=pc["tapped"], params_total=pc["total"],
                 tokens=enc.num_tokens(), embed_dim=enc.embed_dim, resolution="{1}x{0}".format(*enc.default_resolution), tap=enc.tap_spec,
-                resize=c.resize, classes=len(classes), n_train=len(xtr), n_val=len(xva), n_test=len(xte),
+                resize=c.resize, classes=len(classes), n_train=n_train, n_val=len(xva), n_test=len(xte),
                 top1=test["top1"], val_top1=val_m["top1"], test_loss=test["loss"], top1_split="test",
-                steps=c.steps, batch_size=c.batch_size, lr=c.lr, seed=job.seed, threads=job.threads, device=job.device,
-                train_seconds=round(train_s, 2), wall_seconds=round(time.perf_counter() - t_start, 2),
-                train_images_per_s=round(c.steps * c.batch_size / max(train_s, 1e-9), 1),
+                probe_shape=probes.get("probe_shape"), probe_color=probes.get("probe_color"), probe_objects=probes.get("probe_objects_test"),
+                steps=steps, batch_size=c.batch_size, lr=c.lr, scenes=c.scenes, hflip=c.hflip, seed=job.seed, threads=job.threads, device=job.device,
+                train_seconds=round(train_s, 2), probe_seconds=round(time.perf_counter() - t_probe, 2), wall_seconds=round(time.perf_counter() - t_start, 2),
+                train_images_per_s=round(steps * c.batch_size / max(train_s, 1e-9), 1),
                 images_per_s=round(throughput(enc), 1), source="trained by vlmssm stage 10_pretrain", fingerprint=job.fingerprint)
     save_encoder(enc, out/"encoders"/f"{job.encoder}.safetensors", resolution=list(enc.default_resolution), classes=classes,
-                 top1=card["top1"], steps=c.steps, seed=job.seed)
+                 top1=card["top1"], steps=steps, seed=job.seed)
     write_csv(pd.DataFrame(run.state["rows"]).assign(encoder=job.encoder), out/"curves"/f"{job.encoder}.csv", CURVE_FIELDS)
     atomic_write(out/"cards"/f"{job.encoder}.json", json.dumps(card, indent=1))
     return card
@@ -188,16 +245,25 @@ def published_card(id: str) -> dict:
 def plan(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
     "(pico encoders to pretrain, other encoders → why they are not trained)."
     train, other = [], {}
+    for k in cfg.pretrain.encoder_steps:   # budgets may name encoders this study leaves out, but no unknown id
+        try: get_encoder_spec(k)
+        except KeyError as e: raise ValueError(f"config key 'pretrain.encoder_steps': {e.args[0] if e.args else e}") from None
     for e in cfg.encoders:
         spec = get_encoder_spec(e.id)
         if not spec.pico: other[e.id] = "real encoder: published ImageNet-1K top-1"
         elif e.weights: other[e.id] = f"weights given in the config ({e.weights})"
-        elif cfg.pretrain.steps <= 0: other[e.id] = "pretrain.steps is 0: random initialisation"
+        elif cfg.pretrain.encoder_steps.get(e.id, cfg.pretrain.steps) <= 0: other[e.id] = "pretrain steps is 0: random initialisation"
         else: train.append(e.id)
     return train, other
 
+def longest_first(jobs: Sequence[PretrainJob]) -> list[PretrainJob]:
+    "Jobs ordered by estimated training time (steps × batch / a quick `train_speed`), longest first, so parallel workers finish together."
+    def cost(j): c = PretrainConfig(**j.cfg); return j.steps * c.batch_size / train_speed(j.encoder, c.image_size, batch_size=8, steps=1)
+    return sorted(jobs, key=cost, reverse=True) if len(jobs) > 1 else list(jobs)
+
 def _report(c: dict) -> str:
-    return f"{c['encoder']}: top-1 {c['top1']:.3f} (val {c['val_top1']:.3f}) in {c['train_seconds']:.0f}s, {c['images_per_s']:.0f} img/s"
+    pr = f", probes shape {c['probe_shape']:.2f} colour {c['probe_color']:.2f}" if c.get("probe_shape") is not None else ""
+    return f"{c['encoder']}: top-1 {c['top1']:.3f} (val {c['val_top1']:.3f}){pr}, {c['steps']} steps in {c['train_seconds']:.0f}s, {c['images_per_s']:.0f} img/s"
 
 def pretrain_study(cfg: StudyConfig,    # the study (`cfg.encoders`, `cfg.pretrain`, `cfg.seed`, `cfg.runtime`)
                    bench_root,          # the written benchmark (stage 00_data's `scenes/`)
@@ -212,7 +278,7 @@ def pretrain_study(cfg: StudyConfig,    # the study (`cfg.encoders`, `cfg.pretra
     if jobs and cfg.runtime.jobs > 1:
         log(f"pretraining {len(jobs)} encoders in {min(cfg.runtime.jobs, len(jobs))} processes × {cfg.runtime.num_threads} thread(s)")
         with process_pool(min(cfg.runtime.jobs, len(jobs))) as ex:
-            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False}), [ReportProgress(j.encoder, "encoders")]): j.encoder for j in jobs}
+            futs = {ex.submit(pretrain_encoder, PretrainJob(**{**asdict(j), "progress": False}), [ReportProgress(j.encoder, "encoders")]): j.encoder for j in longest_first(jobs)}
             for f in tqdm(as_completed(futs), total=len(futs), desc="encoders", disable=not progress):
                 try: cards[futs[f]] = c = f.result()
                 except Exception as e: raise RuntimeError(f"pretraining {futs[f]!r} failed: {type(e).__name__}: {e}") from None
