@@ -9,7 +9,7 @@ import torch
 from vlmssm.config import TrainConfig
 from vlmssm.test_utils import COLOURS, QUESTION, FixtureEncoder, colour_pixels as pixels, colour_records as records, fixture_tokenizer as tokenizer, tiny_vlm
 
-CFG = TrainConfig(steps=12, global_batch=16, per_device_batch=8, lr=3e-3, weight_decay=0.0, save_every=2)
+CFG = TrainConfig(steps=12, global_batch=16, per_device_batch=8, lr=3e-3, weight_decay=0.0, save_every=2, precision="fp32")  # float comparisons: one precision on every CPU
 from vlmssm.cache import FeatureCache
 from vlmssm.train import ConversationDataset, epoch_batches, param_groups, train
 
@@ -59,6 +59,14 @@ def test_resume_after_sigkill_is_identical(tok, tmp_path, precision):
     px = torch.stack([pixels(c) for c in COLOURS])
     assert full.generate([QUESTION] * 3, pixel_values=px, max_new_tokens=3) == resumed.generate([QUESTION] * 3, pixel_values=px, max_new_tokens=3)
     assert s["steps"] == cfg.steps and (out / "model" / "config.json").exists()
+
+def test_precision_auto_is_bf16_only_with_native_bf16(tok, tmp_path):
+    "`precision: auto` autocasts on a CPU with native bf16 and stays fp32 on one without; the run records which."
+    from vlmssm.train import cpu_has_native_bf16
+    _, s = _run(tok, tmp_path / "auto", cfg=replace(CFG, steps=2, save_every=0, precision="auto"), save_model=False)
+    assert s["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32") and s["bf16"] == (s["precision"] == "bf16")
+    _, s = _run(tok, tmp_path / "fp32", cfg=replace(CFG, steps=2, save_every=0), save_model=False)
+    assert s["precision"] == "fp32"
 
 def test_checkpoint_contents_and_refusal(tok, tmp_path):
     _run(tok, tmp_path / "r", cfg=replace(CFG, steps=4))
