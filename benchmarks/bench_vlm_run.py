@@ -1,10 +1,10 @@
 """One VLM run of the default recipe, before and after issue #12's speed-ups, in the same process: wall time and quality.
 
 Usage (one thread, as each of the study's run jobs uses):
-    OMP_NUM_THREADS=1 python benchmarks/bench_vlm_run.py --run-dir runs/default [--encoder vmamba-pico] [--seed 7]
+    OMP_NUM_THREADS=1 python benchmarks/bench_vlm_run.py --run_dir runs/default [--encoder vmamba-pico] [--seed 7]
                                                          [--steps 0] [--csv benchmarks/results/vlm_run.csv]
 
-`--run-dir` is a default study that has run `00_data` and `10_pretrain` (`vlmssm study --preset default --only
+`--run_dir` is a default study that has run `00_data` and `10_pretrain` (`vlmssm study --preset default --only
 00_data,10_pretrain`); its benchmark and pretrained encoder are used by both paths. The two paths are the default
 preset with and without the speed-ups, everything else equal (same encoder weights, data, seed, steps, batch size and
 learning rate):
