@@ -157,6 +157,7 @@ class TrainConfig:
     group_by_length: bool = True  # sort each global batch by length so micro-batches pad little (LLaVA/Prismatic)
     split_modality: bool = True  # image and text-only examples never share a batch (Prismatic SplitModalitySampler)
     megabatch: int = 0  # with group_by_length: sort by length within windows of this many global batches (HF LengthGroupedSampler: 50), so batches pad little; 0 = sort within each batch only
+    length_split: int = 1  # with group_by_length: cut each length-sorted micro-batch into at most this many forward passes with the fewest padded tokens (same loss; random batches keep the data's mix per step)
     use_feature_cache: bool = True  # frozen encoder: train from cached tokens (vlmssm.cache) instead of pixels
     log_every: int = 1  # steps between loss-curve rows (CSV)
     save_every: int = 0  # steps between resumable checkpoints (0 = only at the end)
@@ -304,7 +305,7 @@ def _positive(cfg: StudyConfig):
     "Fields that must be positive numbers."
     checks = {"data.n_train": cfg.data.n_train, "pretrain.batch_size": cfg.pretrain.batch_size,
               "train.global_batch": cfg.train.global_batch, "train.per_device_batch": cfg.train.per_device_batch,
-              "runtime.num_threads": cfg.runtime.num_threads, "runtime.jobs": cfg.runtime.jobs, "vlm.token_merge": cfg.vlm.token_merge}
+              "runtime.num_threads": cfg.runtime.num_threads, "runtime.jobs": cfg.runtime.jobs, "vlm.token_merge": cfg.vlm.token_merge, "train.length_split": cfg.train.length_split}
     for k, v in checks.items():
         if v <= 0: raise ConfigError(f"config key '{k}': must be positive, got {v}")
     for k, v in {"pretrain.steps": cfg.pretrain.steps, "train.steps": cfg.train.steps}.items():

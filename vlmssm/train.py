@@ -23,7 +23,8 @@ from .vlm import VLM, pad_batch
 # %% auto #0
 __all__ = ['LOSS_FIELDS', 'param_groups', 'save_checkpoint', 'load_checkpoint', 'FitRun', 'Callback', 'fit', 'CSVLog', 'Evaluate',
            'TrackerLog', 'Checkpoint', 'ReportProgress', 'ConversationDataset', 'Collator', 'epoch_batches',
-           'recipe_fingerprint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'vlm_step_fn', 'train']
+           'length_split', 'recipe_fingerprint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'vlm_step_fn',
+           'train']
 
 # %% ../nbs/09_train.ipynb #2f6aa61b
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -256,6 +257,25 @@ def epoch_batches(lengths: Sequence[int],  # example lengths in tokens (image to
         batches.insert(0, batches.pop(j))
     return batches
 
+# %% ../nbs/09_train.ipynb #7c1d2e02
+def length_split(idx: Sequence[int],  # a micro-batch, sorted by decreasing length
+                 lengths: Sequence[int],  # every example's length
+                 k: int = 1,  # at most this many passes
+                ) -> list[list[int]]:
+    "Cut a length-sorted micro-batch into at most `k` contiguous passes with the fewest padded tokens."
+    idx = list(idx); L = [int(lengths[i]) for i in idx]; n = len(idx)
+    if k <= 1 or n <= 1: return [idx] if idx else []
+    if any(a < b for a, b in zip(L, L[1:])): raise ValueError("length_split: the micro-batch must be sorted by decreasing length")
+    cost = [[0] * (n + 1)] + [[float("inf")] * (n + 1) for _ in range(k)]; cut = [[0] * (n + 1) for _ in range(k + 1)]
+    cost[0] = [0] + [float("inf")] * n
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            cost[j][i], cut[j][i] = min((cost[j - 1][s] + (i - s) * L[s], s) for s in range(i))
+    j = min(range(1, k + 1), key=lambda j: (cost[j][n], j))
+    out, i = [], n
+    while j > 0: s = cut[j][i]; out.insert(0, idx[s:i]); i, j = s, j - 1
+    return [b for b in out if b]
+
 # %% ../nbs/09_train.ipynb #72b3fdc0
 LOSS_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "targets", "examples", "seconds"]
 
@@ -289,7 +309,8 @@ def vlm_step_fn(acc, model, data: ConversationDataset, coll: Collator, cfg: Trai
         gb = cache[epoch][bi]
         n_tgt = max(1, int(data.n_targets[gb].sum()))
         mine = gb[rank::world]
-        micro = [mine[i:i + cfg.per_device_batch] for i in range(0, len(mine), cfg.per_device_batch)]
+        micro = [p for i in range(0, len(mine), cfg.per_device_batch)
+                 for p in length_split(mine[i:i + cfg.per_device_batch], data.lengths, cfg.length_split if cfg.group_by_length else 1)]
         loss_sum = 0.0
         for k, mb in enumerate(micro):
             batch = {key: v.to(acc.device) for key, v in coll(mb).items()}
