@@ -84,22 +84,25 @@ def test_accumulation_matches_one_big_batch(tok, tmp_path):
     b, _ = _run(tok, tmp_path / "b", cfg=replace(c, per_device_batch=16), save_model=False)
     for x, y in zip(a.parameters(), b.parameters()): assert torch.allclose(x, y, atol=1e-5)
 
-def test_length_split_changes_passes_not_the_loss(tok, tmp_path):
-    "Cutting micro-batches into length-homogeneous passes (`length_split`) gives the same updates with more, shorter passes."
+@pytest.mark.parametrize("option,passes", [({"length_split": 3}, "more"), ({"pack": True}, "same")])
+def test_length_split_and_packing_keep_the_loss(tok, tmp_path, option, passes):
+    "Length-homogeneous passes (`length_split`) and packed rows (`pack`) give the same updates as plain padded batches."
     recs = records(48)
-    for r in recs[::3]: r["conversations"] = r["conversations"] * 3   # long, multi-turn records beside short ones
+    for r in recs[::3]: r["conversations"] = r["conversations"] * 12   # long, multi-turn records beside short ones
     c = replace(CFG, steps=3, save_every=0, per_device_batch=16)
     runs = {}
-    for k in (1, 3):
-        v = tiny_vlm(tok); calls = []
-        v.lm.base_model.register_forward_hook(lambda m, a, kw, o, calls=calls: calls.append(1), with_kwargs=True)
+    for name, kw in (("plain", {}), ("option", option)):
+        v = tiny_vlm(tok); calls, rows = [], []
+        def count(m, a, kw, o, calls=calls, rows=rows): calls.append(1); rows.append(o.last_hidden_state.shape[0])
+        v.lm.base_model.register_forward_hook(count, with_kwargs=True)
         data = ConversationDataset(recs, v.fmt)
-        assert len(set(data.lengths)) > 1
-        train(v, data, replace(c, length_split=k), tmp_path / f"k{k}", pixels=pixels, progress=False, device="cpu", save_model=False)
-        runs[k] = v, len(calls), pd.read_csv(tmp_path / f"k{k}" / "loss.csv")
-    assert runs[1][1] == 3 and runs[3][1] > 3                        # one pass per step vs several
-    for x, y in zip(runs[1][0].parameters(), runs[3][0].parameters()): assert torch.allclose(x, y, atol=1e-5)
-    assert np.allclose(runs[1][2].loss, runs[3][2].loss, atol=1e-5)
+        train(v, data, replace(c, **kw), tmp_path / name, pixels=pixels, progress=False, device="cpu", save_model=False)
+        runs[name] = v, len(calls), sum(rows), pd.read_csv(tmp_path / name / "loss.csv")
+    assert runs["plain"][1] == 3 and runs["plain"][2] == 48
+    if passes == "more": assert runs["option"][1] > 3                  # several passes per step
+    else: assert runs["option"][1] == 3 and runs["option"][2] < 48      # one pass per step, fewer rows
+    for x, y in zip(runs["plain"][0].parameters(), runs["option"][0].parameters()): assert torch.allclose(x, y, atol=1e-5)
+    assert np.allclose(runs["plain"][3].loss, runs["option"][3].loss, atol=1e-5)
 
 def test_recipe_pieces(tok, tmp_path):
     v = tiny_vlm(tok); v.freeze("finetune", verbose=False)

@@ -157,6 +157,7 @@ class TrainConfig:
     group_by_length: bool = True  # sort each global batch by length so micro-batches pad little (LLaVA/Prismatic)
     split_modality: bool = True  # image and text-only examples never share a batch (Prismatic SplitModalitySampler)
     megabatch: int = 0  # with group_by_length: sort by length within windows of this many global batches (HF LengthGroupedSampler: 50), so batches pad little; 0 = sort within each batch only
+    pack: bool = False  # pack each micro-batch's examples into as few rows as fit its longest one (positions restart per example, attention stays inside it; exact, one forward pass): random batches without their padding
     length_split: int = 1  # with group_by_length: cut each length-sorted micro-batch into at most this many forward passes with the fewest padded tokens (same loss; random batches keep the data's mix per step)
     use_feature_cache: bool = True  # frozen encoder: train from cached tokens (vlmssm.cache) instead of pixels
     log_every: int = 1  # steps between loss-curve rows (CSV)

@@ -316,7 +316,7 @@ def vlm_step_fn(acc, model, data: ConversationDataset, coll: Collator, cfg: Trai
             batch = {key: v.to(acc.device) for key, v in coll(mb).items()}
             with acc.no_sync(model) if k < len(micro) - 1 else nullcontext():
                 with autocast():
-                    o = model(**batch, loss_reduction="sum", target_logits_only=True)
+                    o = model(**batch, loss_reduction="sum", target_logits_only=True, pack=cfg.pack)
                 acc.backward(o.loss * world / n_tgt)  # token-mean over the whole global batch
             loss_sum += float(o.loss.detach())
         return {"epoch": round((step + 1) / n_batches, 4), "loss": loss_sum / n_tgt * world, "targets": n_tgt, "examples": len(gb)}

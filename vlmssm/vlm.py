@@ -17,8 +17,8 @@ from .lm import (IGNORE_INDEX, Encoded, get_prompt_format, load_lm, prepare_toke
 from .utils import atomic_dir, file_sha256
 
 # %% auto #0
-__all__ = ['PLAIN_HEAD_LMS', 'STAGES', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM',
-           'prismatic_connector_id', 'apply_conventions', 'ChatSession', 'chat']
+__all__ = ['PLAIN_HEAD_LMS', 'STAGES', 'PRISMATIC_LLMS', 'merge_image_tokens', 'pad_batch', 'token_grid', 'VLM', 'pack_rows',
+           'pack_sequences', 'prismatic_connector_id', 'apply_conventions', 'ChatSession', 'chat']
 
 # %% ../nbs/07_vlm.ipynb #bbd46229
 def merge_image_tokens(embeds: torch.Tensor,  # (B, L, Dl) token embeddings of the padded batch
@@ -125,16 +125,58 @@ def embed(self: VLM, input_ids, attention_mask, image_pos=None, labels=None, pix
     img = self.connector(feats.to(self.device, next(self.connector.parameters()).dtype))
     return merge_image_tokens(tok, attention_mask, img, image_pos.to(tok.device), labels)
 
+# %% ../nbs/07_vlm.ipynb #9a3c5e02
+def pack_rows(lengths: Sequence[int],  # real tokens of each example
+              capacity: int,  # tokens per row
+             ) -> list[list[int]]:
+    "First-fit decreasing: examples (indices) grouped into rows of at most `capacity` tokens."
+    rows, free = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
+        n = int(lengths[i])
+        if n > capacity: raise ValueError(f"pack_rows: example {i} has {n} tokens, more than the row capacity {capacity}")
+        r = next((r for r, f in enumerate(free) if f >= n), None)
+        if r is None: rows.append([i]); free.append(capacity - n)
+        else: rows[r].append(i); free[r] -= n
+    return rows
+
+# %% ../nbs/07_vlm.ipynb #9a3c5e04
+def pack_sequences(embeds: torch.Tensor,  # (B, T, D) right-padded input embeddings
+                   mask: torch.Tensor,  # (B, T) attention mask (1 = real token)
+                   labels: torch.Tensor,  # (B, T) labels (IGNORE_INDEX where not a target)
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Packed (embeds, labels, position_ids), each (R, T) with R <= B rows; positions restart at 0 for every example."
+    B, T = mask.shape
+    n = mask.long().sum(1).tolist()
+    rows = pack_rows(n, T)
+    src, dst, pos = [], [], torch.arange(T, device=mask.device).repeat(len(rows), 1)
+    for r, members in enumerate(rows):
+        o = 0
+        for i in members:
+            src.append(torch.arange(i * T, i * T + n[i])); dst.append(torch.arange(r * T + o, r * T + o + n[i]))
+            pos[r, o:o + n[i]] = torch.arange(n[i]); o += n[i]
+        pos[r, o:] = torch.arange(T - o)  # the padding tail: a segment of its own, never read
+    src, dst = torch.cat(src).to(mask.device), torch.cat(dst).to(mask.device)
+    e = embeds.new_zeros(len(rows) * T, embeds.shape[-1]); e[dst] = embeds.reshape(B * T, -1)[src]
+    l = labels.new_full((len(rows) * T,), IGNORE_INDEX); l[dst] = labels.reshape(-1)[src]
+    return e.view(len(rows), T, -1), l.view(len(rows), T), pos
+
 # %% ../nbs/07_vlm.ipynb #f052eaf9
 PLAIN_HEAD_LMS = {"llama", "mistral", "qwen2", "qwen3"}  # model types whose logits are exactly lm_head(base_model(...))
 
 @patch
 def forward(self: VLM, input_ids, attention_mask, image_pos=None, labels=None, pixel_values=None, image_features=None,
-            loss_reduction: str = "mean", target_logits_only: bool = False, **kwargs):
+            loss_reduction: str = "mean", target_logits_only: bool = False,
+            pack: bool = False,  # training: pack the batch's examples into fewer rows (needs `target_logits_only` and a plain-head LM)
+            **kwargs):
+    if pack and not (labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS):
+        raise ValueError(f"VLM.forward: pack=True needs labels, target_logits_only=True and a plain-head LM ({', '.join(sorted(PLAIN_HEAD_LMS))})")
     embeds, mask, labels = self.embed(input_ids, attention_mask, image_pos, labels, pixel_values, image_features)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     if labels is not None and target_logits_only and self.lm.config.model_type in PLAIN_HEAD_LMS:
         right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+        if pack:
+            if not right_padded: raise ValueError("VLM.forward: pack=True needs a right-padded batch")
+            embeds, labels, pos = pack_sequences(embeds, mask, labels)
         h = self.lm.base_model(inputs_embeds=embeds, attention_mask=None if right_padded else mask, position_ids=pos, use_cache=False,
                                **kwargs).last_hidden_state
         keep = labels[:, 1:] != IGNORE_INDEX
