@@ -319,7 +319,8 @@ def vlm_step_fn(acc, model, data: ConversationDataset, coll: Collator, cfg: Trai
                     o = model(**batch, loss_reduction="sum", target_logits_only=True, pack=cfg.pack)
                 acc.backward(o.loss * world / n_tgt)  # token-mean over the whole global batch
             loss_sum += float(o.loss.detach())
-        return {"epoch": round((step + 1) / n_batches, 4), "loss": loss_sum / n_tgt * world, "targets": n_tgt, "examples": len(gb)}
+        if world > 1: loss_sum = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "sum"))  # the global batch's loss on every rank
+        return {"epoch": round((step + 1) / n_batches, 4), "loss": loss_sum / n_tgt, "targets": n_tgt, "examples": len(gb)}
     return step_fn
 
 # %% ../nbs/09_train.ipynb #5b3c8e4b
@@ -372,21 +373,24 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
     if resume and (st := load_checkpoint(out / "checkpoints", unwrap(model), opt, sched)) is not None:
         if st["fingerprint"] != fp: raise ValueError(f"train: {out} holds a checkpoint of a different config/seed/dataset; refusing to resume")
         state = st
-    cbs = [CSVLog(out / "loss.csv", LOSS_FIELDS)]
+    main = acc.is_main_process  # several processes: one writes the files, every one computes the same state
+    cbs = [CSVLog(out / "loss.csv", LOSS_FIELDS)] if main else []
     if cfg.trackers: acc.init_trackers(out.name, config={**asdict(cfg), "seed": seed}); cbs.append(TrackerLog(acc))
     if eval_fn is not None: cbs.append(Evaluate(lambda m: eval_fn(unwrap(m)), every=cfg.eval_every))
-    cbs += [Checkpoint(out / "checkpoints", every=cfg.save_every, unwrap=unwrap), *callbacks]
+    cbs += [Checkpoint(out / "checkpoints", every=cfg.save_every, unwrap=unwrap)] if main else []
+    cbs += list(callbacks)
     run = fit(model, opt, sched, T, vlm_step_fn(acc, model, data, coll, cfg, seed, n_batches, autocast), cbs, state=state,
               max_grad_norm=cfg.max_grad_norm, clip=acc.clip_grad_norm_, log_every=cfg.log_every, progress=progress, desc=f"train {out.name}")
     vlm = unwrap(model).eval()
     state = run.state
-    if state["evals"]: write_csv(state["evals"], out / "eval.csv", list(state["evals"][-1]))
-    if save_model: vlm.save_pretrained(out / "model")
+    if state["evals"] and main: write_csv(state["evals"], out / "eval.csv", list(state["evals"][-1]))
+    if save_model and main: vlm.save_pretrained(out / "model")
     if cfg.trackers: acc.end_training()
     secs = state["seconds"]
     summary = {"steps": T, "seconds": round(secs, 2), "steps_per_s": round(T / max(secs, 1e-9), 3),
                "final_loss": state["rows"][-1]["loss"] if state["rows"] else None, "seed": seed, "stage": cfg.stage,
-               "examples": len(data), "batches_per_epoch": n_batches, "device": str(acc.device), "bf16": bf16, "precision": "bf16" if bf16 else "fp32", "fingerprint": fp,
+               "examples": len(data), "batches_per_epoch": n_batches, "device": str(acc.device), "processes": acc.num_processes, "bf16": bf16, "precision": "bf16" if bf16 else "fp32", "fingerprint": fp,
                "eval": state["evals"][-1] if state["evals"] else {}}
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    if main: atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    acc.wait_for_everyone()  # no process returns before the run's files exist
     return summary
