@@ -214,9 +214,10 @@ class EfficiencyConfig:
     resolutions: list[int] = field(default_factory=lambda: [224, 320, 448, 640, 896, 1280, 1792, 2560, 3584, 5120, 6144])  # square input sides, tried in increasing order until a budget stops an encoder
     warmup: int = 1  # untimed calls per resolution (allocation, kernel build)
     repeats: int = 3  # timed calls per resolution; medians with min/max are reported
-    budget_s: float = 150.0  # seconds of measurement for the whole stage, shared evenly by the encoders (unused time passes on)
+    budget_s: float = 150.0  # seconds of measurement for the whole stage, shared by the encoders (a real-size one gets 3 shares, a pico 1; unused time passes on)
     max_call_s: float = 20.0  # an encoder stops growing when its next end-to-end call is predicted to take longer
     memory_gb: float = 8.0  # an encoder stops growing when its next peak memory is predicted to exceed this
+    min_sides: int = 3  # sides every encoder measures before the time budget may stop it (max_call_s and memory_gb still apply)
     lm: str = "embedded"  # LM for the prefill: `embedded` (the study's embedded Llama, `vlm.embedded` sizes) or a HF id/path whose config is built with random weights
     lm_layers: int = 0  # 0 = the LM's own depth; N = only its first N decoder layers (a 7B config on a small GPU)
     text_tokens: int = 36  # prompt tokens after the image tokens (the Vicuna system prompt + a question)

@@ -180,14 +180,14 @@ def _predict(points, side, key):
     return v0 * ((side / s0) ** 2) ** b
 
 def profile_encoder(enc_id, build, lm, sides, warmup=1, repeats=3, budget_s=60.0, max_call_s=20.0, memory_gb=8.0,
-                    connector="gelu-mlp", text_tokens=36, device="cpu", dtype=torch.float32):
+                    connector="gelu-mlp", text_tokens=36, device="cpu", dtype=torch.float32, min_sides=0):
     "Rows of every timed repeat of `enc_id` at growing sides, and why it stopped. `build(side)` makes the encoder."
     dev, t_start, rows, points, stop, enc = torch.device(device), time.perf_counter(), [], [], "all resolutions measured", None
     for side in sides:
         left = budget_s - (time.perf_counter() - t_start)
         call_s = _predict(points, side, "e2e_s"); mem = _predict(points, side, "peak_gb")
         if points and call_s > max_call_s: stop = f"time: next call ~{call_s:.1f} s > max_call_s at {side}²"; break
-        if points and call_s * (warmup + repeats) > left: stop = f"time budget: {warmup + repeats} calls ~{call_s * (warmup + repeats):.1f} s > {left:.1f} s left at {side}²"; break
+        if len(points) >= max(1, min_sides) and call_s * (warmup + repeats) > left: stop = f"time budget: {warmup + repeats} calls ~{call_s * (warmup + repeats):.1f} s > {left:.1f} s left at {side}²"; break
         if points and mem > memory_gb: stop = f"memory: next peak ~{mem:.2f} GB > memory_gb at {side}²"; break
         try:
             if enc is None or not enc.dynamic: enc = build(side)
@@ -271,7 +271,7 @@ def check_efficiency(e) -> None:
         raise ConfigError(f"config key 'efficiency.resolutions': needs positive sides in increasing order, got {e.resolutions}")
     for k in ("repeats", "budget_s", "max_call_s", "memory_gb", "bootstrap"):
         if getattr(e, k) <= 0: raise ConfigError(f"config key 'efficiency.{k}': must be positive, got {getattr(e, k)}")
-    for k in ("warmup", "lm_layers", "text_tokens", "scan_share_resolution"):
+    for k in ("warmup", "lm_layers", "text_tokens", "scan_share_resolution", "min_sides"):
         if getattr(e, k) < 0: raise ConfigError(f"config key 'efficiency.{k}': must be >= 0, got {getattr(e, k)}")
     try: get_connector(e.connector)
     except Exception as ex: raise ConfigError(f"config key 'efficiency.connector': {ex}") from None
@@ -305,11 +305,12 @@ def efficiency_study(cfg, device="cpu", log=print, progress=True) -> dict:
     info = {**machine_info(dev), "dtype": e.dtype, "lm": e.lm, "lm_layers": lm.config.num_hidden_layers, "malloc_pinned": pinned}
     log(f"efficiency: {len(e.encoders)} encoders on {dev} ({info['cpu_kind']}, {info['threads']} thread(s), scan {info['scan_path']}), budget {e.budget_s:.0f} s")
     rows, stops, t0 = [], [], time.perf_counter()
+    weights = [1 if x.endswith("-pico") else 3 for x in e.encoders]     # a real-size encoder costs more per side
     for i, enc_id in enumerate(tqdm(e.encoders, desc="encoders", disable=not progress)):
-        share = max(0.0, e.budget_s - (time.perf_counter() - t0)) / (len(e.encoders) - i)
+        share = max(0.0, e.budget_s - (time.perf_counter() - t0)) * weights[i] / sum(weights[i:])
         spec, t1 = get_encoder_spec(enc_id), time.perf_counter()
         r, stop = profile_encoder(enc_id, lambda s: create_encoder(enc_id, resolution=s), lm, e.resolutions, e.warmup, e.repeats,
-                                  share, e.max_call_s, e.memory_gb, e.connector, e.text_tokens, dev, dtype)
+                                  share, e.max_call_s, e.memory_gb, e.connector, e.text_tokens, dev, dtype, e.min_sides)
         conf = "pico" if enc_id.endswith("-pico") else "real"
         rows += [dict(x, configuration=conf, family=spec.family) for x in r]
         sides = sorted({x["side"] for x in r})
