@@ -528,10 +528,11 @@ def _row_ranges(rows, nthreads, per_thread=8, k=8):
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
 
 def _pool(n):
-    "A persistent thread pool of n workers."
+    "A persistent thread pool of n workers (per process: a forked child does not inherit the parent's threads)."
+    key = (os.getpid(), n)
     with _KLOCK:
-        if n not in _POOLS: _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="vlmssm-scan")
-        return _POOLS[n]
+        if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="vlmssm-scan")
+        return _POOLS[key]
 
 # %% ../nbs/03_ssm.ipynb #c0a1e010
 def _kernel_why_not(u, delta, A, B, C, D, z, delta_bias):
