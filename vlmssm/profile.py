@@ -109,8 +109,8 @@ def machine_info(device="cpu") -> dict:
             "scan_path": scan_path(dev.type), "load_1min": os.getloadavg()[0]}
 
 # %% ../nbs/14b_profile.ipynb #eff14b09
-def build_profile_lm(lm: str, embedded=None, layers: int = 0):
-    "A random-weight causal LM: the embedded Llama (`embedded`: an EmbeddedLMConfig) or a HF config id/path."
+def build_profile_lm(lm: str, embedded=None, layers: int = 0, device="cpu", dtype=torch.float32):
+    "A random-weight causal LM on `device` in `dtype`: the embedded Llama (`embedded`: an EmbeddedLMConfig) or a HF config id/path."
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
     if lm == "embedded":
         e = embedded
@@ -122,9 +122,10 @@ def build_profile_lm(lm: str, embedded=None, layers: int = 0):
         except Exception as ex: raise ValueError(f"efficiency.lm {lm!r}: cannot read its config ({type(ex).__name__}: {str(ex).splitlines()[0][:160]})") from None
         c.max_position_embeddings = max(getattr(c, "max_position_embeddings", 0), 1 << 20)
     if layers: c.num_hidden_layers = layers
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):      # built in place: a 7B config never sits in host memory
         torch.manual_seed(0)
-        return (LlamaForCausalLM(c) if lm == "embedded" else AutoModelForCausalLM.from_config(c)).eval()
+        m = LlamaForCausalLM(c) if lm == "embedded" else AutoModelForCausalLM.from_config(c)
+    return m.to(device, dtype).eval()
 
 class ProfileModels:
     "Encoder + connector + LM + prompt embeddings for one encoder, on one device and dtype."
@@ -301,7 +302,7 @@ def efficiency_study(cfg, device="cpu", log=print, progress=True) -> dict:
     e = cfg.efficiency; check_efficiency(e)
     dev, dtype = torch.device(device), _DTYPES[e.dtype]
     pinned = pin_malloc()
-    lm = build_profile_lm(e.lm, cfg.vlm.embedded if e.lm == "embedded" else None, e.lm_layers).to(dev, dtype)
+    lm = build_profile_lm(e.lm, cfg.vlm.embedded if e.lm == "embedded" else None, e.lm_layers, dev, dtype)
     info = {**machine_info(dev), "dtype": e.dtype, "lm": e.lm, "lm_layers": lm.config.num_hidden_layers, "malloc_pinned": pinned}
     log(f"efficiency: {len(e.encoders)} encoders on {dev} ({info['cpu_kind']}, {info['threads']} thread(s), scan {info['scan_path']}), budget {e.budget_s:.0f} s")
     rows, stops, t0 = [], [], time.perf_counter()
