@@ -1,4 +1,4 @@
-"Tests of vlmssm.ssm: the fast 'torch' selective scan against the sequential reference (values, gradients, hard regime, errors)."
+"Tests of vlmssm.ssm: the fast 'torch' and compiled 'cpu' selective scans against the sequential reference (values, gradients, hard regime, errors)."
 import itertools, math, threading
 import pytest
 import torch
@@ -165,13 +165,101 @@ def test_threads():
 
 def test_backends():
     x = make(dtype=torch.float32)
-    assert list_scan_backends() == ["auto", "torch", "cuda", "ref"]
-    assert ssm.get_scan_backend("auto", x["u"]) is ssm._torch_scan          # CPU tensors never use the CUDA kernel
+    assert list_scan_backends() == ["auto", "torch", "cpu", "cuda", "ref"]
+    assert ssm.get_scan_backend("auto", x["u"]) is ssm._auto_cpu            # CPU tensors never use the CUDA kernel
     with pytest.raises(ScanBackendError, match="needs CUDA tensors"): selective_scan(**x, backend="cuda")
-    with pytest.raises(ScanBackendError, match=r"valid: auto, torch, cuda, ref \(did you mean 'ref'\?\)"):
+    with pytest.raises(ScanBackendError, match=r"valid: auto, torch, cpu, cuda, ref \(did you mean 'ref'\?\)"):
         selective_scan(**x, backend="reff")
-    with pytest.raises(ScanBackendError, match="valid: auto, torch, cuda, ref"): selective_scan(**x, backend="triton")
+    with pytest.raises(ScanBackendError, match="valid: auto, torch, cpu, cuda, ref"): selective_scan(**x, backend="triton")
     close(selective_scan(**x, delta_softplus=True, backend="auto"), selective_scan(**x, delta_softplus=True, backend="ref"), 1e-5)
+
+# ---- the compiled CPU forward ("cpu" backend; "auto" on CPU) ----
+needs_kernel = pytest.mark.skipif(isinstance(ssm.scan_kernel(), str), reason="no C compiler for the scan kernel")
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["grouped", "shared", "mixed"])
+def test_cpu_kernel_forward(layout):
+    "Every option combination, fp32 and bf16 inputs, against the float64 reference (output and last state)."
+    x64 = make(layout=layout, L=53)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = {k: v.to(dtype) for k, v in x64.items()}
+        for D, z, bias, sp in itertools.product([0, 1], repeat=4):
+            xo = opts(x, D, z, bias, sp)
+            xo64 = {k: (None if v is None else v.double()) for k, v in xo.items()}   # the very same (rounded) inputs
+            got, gl = selective_scan(**xo, delta_softplus=bool(sp), return_last_state=True, backend="cpu")
+            want, wl = selective_scan_ref(**xo64, delta_softplus=bool(sp), return_last_state=True)
+            assert got.dtype == dtype and gl.dtype == torch.float32 and gl.shape == (2, 8, 3)
+            close(got, want, 1e-5 if dtype == torch.float32 else 1e-2); close(gl, wl, 1e-5)
+
+@needs_kernel
+@pytest.mark.parametrize("bs,dim,L,N", [(1, 1, 1, 1), (3, 6, 7, 2), (2, 12, 100, 5), (1, 8, 197, 16), (1, 24, 640, 1)])
+def test_cpu_kernel_shapes(bs, dim, L, N):
+    "L=1, prime L, N=16, fewer channels than a block of 8, several blocks."
+    x = make(bs, dim, L, N, layout="grouped" if dim % 2 == 0 else "shared", dtype=torch.float32)
+    x64 = {k: v.double() for k, v in x.items()}
+    got, gl = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="cpu")
+    want, wl = selective_scan_ref(**x64, delta_softplus=True, return_last_state=True)
+    close(got, want, 1e-5); close(gl, wl, 1e-5)
+
+@needs_kernel
+def test_cpu_kernel_hard_and_extreme():
+    "delta*A ~ -1000 (decays underflow) and softplus inputs far outside its range: finite and close to float64."
+    g = torch.Generator().manual_seed(1)
+    x = make(bs=2, dim=8, L=96, N=4, layout="grouped", dtype=torch.float32)
+    x.update(delta=50 * torch.rand(2, 8, 96, generator=g), A=-torch.exp(3 * torch.rand(8, 4, generator=g)), delta_bias=None)
+    x["delta"][:, :4] *= 1e-3
+    x["delta"][0, 0, 3:9] = torch.tensor([85., 90., 120., 1e4, -200., -1e4])
+    got = selective_scan(**x, delta_softplus=True, backend="cpu")
+    want = selective_scan_ref(**{k: (None if v is None else v.double()) for k, v in x.items()}, delta_softplus=True)
+    assert torch.isfinite(got).all()
+    close(got, want, 1e-5)
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["grouped", "mixed"])
+def test_cpu_kernel_grads(layout):
+    "Gradients through the 'cpu' backend (compiled forward, PyTorch backward) vs the float64 reference."
+    x = make(layout=layout, L=45, dtype=torch.float32)
+    xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    x64 = {k: v.double().requires_grad_() for k, v in x.items()}
+    o, l = selective_scan(**xs, delta_softplus=True, return_last_state=True, backend="cpu")
+    r, rl = selective_scan_ref(**x64, delta_softplus=True, return_last_state=True)
+    go, gl = torch.randn_like(r), torch.randn_like(rl)
+    g1 = torch.autograd.grad((o * go.float()).sum() + (l * gl.float()).sum(), list(xs.values()))
+    g2 = torch.autograd.grad((r * go).sum() + (rl * gl).sum(), list(x64.values()))
+    for k, a, b in zip(xs, g1, g2):
+        assert a.shape == xs[k].shape, k
+        close(a, b, 1e-4)
+
+@needs_kernel
+def test_cpu_kernel_threads(monkeypatch):
+    "The thread pool (2 threads, many row ranges) gives bit-identical results to one thread; VLMSSM_SCAN_THREADS caps it."
+    x = make(bs=2, dim=64, L=150, N=2, layout="grouped", dtype=torch.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1); one = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="cpu")
+        torch.set_num_threads(2); assert ssm.scan_threads() == 2
+        two = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="cpu")
+        monkeypatch.setenv("VLMSSM_SCAN_THREADS", "1"); assert ssm.scan_threads() == 1
+    finally: torch.set_num_threads(old)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+@needs_kernel
+def test_cpu_kernel_dispatch(monkeypatch):
+    "'auto' on CPU: the kernel for selective fp32 inputs, 'torch' for constant B/C and fp64; 'cpu' errors name the reason."
+    x = make(dtype=torch.float32)
+    assert torch.equal(selective_scan(**x, delta_softplus=True), selective_scan(**x, delta_softplus=True, backend="cpu"))
+    xc = make(layout="const", dtype=torch.float32)
+    assert torch.equal(selective_scan(**xc, delta_softplus=True), selective_scan(**xc, delta_softplus=True, backend="torch"))
+    with pytest.raises(ScanBackendError, match=r"constant \(dim, N\) B/C"): selective_scan(**xc, backend="cpu")
+    with pytest.raises(ScanBackendError, match="float64 inputs"): selective_scan(**make(), backend="cpu")
+    assert ssm.scan_path("cpu").startswith("cpu (compiled C kernel")
+    monkeypatch.setattr(ssm._build_kernel, "fn", "disabled by VLMSSM_SCAN_KERNEL=0")   # as if no compiler
+    monkeypatch.setattr(ssm._auto_cpu, "warned", False, raising=False)
+    with pytest.warns(UserWarning, match="runs the 'torch' backend on CPU: disabled"):
+        got = selective_scan(**x, delta_softplus=True)
+    assert torch.equal(got, selective_scan(**x, delta_softplus=True, backend="torch"))
+    assert ssm.scan_path("cpu").startswith("torch (chunked PyTorch scan; compiled kernel unavailable")
+    with pytest.raises(ScanBackendError, match="backend='cpu' is unavailable: disabled"): selective_scan(**x, backend="cpu")
 
 @pytest.mark.parametrize("change,msg", [
     (dict(delta=torch.zeros(2, 8, 36)), "delta must have u's shape"),

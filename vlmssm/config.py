@@ -12,10 +12,10 @@ import yaml
 from .utils import atomic_write, did_you_mean, is_offline
 
 # %% auto #0
-__all__ = ['PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig', 'DenseConfig', 'EmbeddedLMConfig',
-           'VLMConfig', 'TrainConfig', 'CheckpointEntry', 'EvalConfig', 'RuntimeConfig', 'PathsConfig', 'StudyConfig',
-           'from_dict', 'to_dict', 'missing_paths', 'validate', 'list_presets', 'load_config', 'save_config',
-           'check_names']
+__all__ = ['PICO_PROFILE', 'REAL_PROFILE', 'PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig',
+           'DenseConfig', 'EmbeddedLMConfig', 'VLMConfig', 'TrainConfig', 'CheckpointEntry', 'EvalConfig',
+           'RuntimeConfig', 'PathsConfig', 'EfficiencyConfig', 'StudyConfig', 'from_dict', 'to_dict', 'missing_paths',
+           'validate', 'list_presets', 'load_config', 'save_config', 'check_names']
 
 # %% ../nbs/00a_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -205,6 +205,29 @@ class PathsConfig:
     run_dir: str = "runs/{preset}"  # study run directory (executed notebooks, results, manifests)
     figures_dir: str = "figures/{preset}"  # where finished stages publish their figures (PNG + PDF)
 
+# %% ../nbs/00a_config.ipynb #eff70c01
+PICO_PROFILE = ["vmamba-pico", "mambavision-pico", "vit-pico", "vitdet-pico", "maxvit-pico"]
+REAL_PROFILE = ["vmamba-s-in1k-224-s3", "mambavision-t-in1k-224-s3", "vit-s-in1k-224", "vitdet-b-coco-1024", "maxvit-t-in1k-224-s3"]
+
+@dataclass
+class EfficiencyConfig:
+    "Stage 70: latency and peak memory of encoder, LM prefill and end to end against input resolution (the paper's Fig. 4)."
+    encoders: list[str] = field(default_factory=lambda: PICO_PROFILE + REAL_PROFILE)  # registry ids, random weights (timing needs no trained weights)
+    resolutions: list[int] = field(default_factory=lambda: [224, 320, 448, 640, 896, 1280, 1792, 2560, 3584, 5120, 6144])  # square input sides, tried in increasing order until a budget stops an encoder
+    warmup: int = 1  # untimed calls per resolution (allocation, kernel build)
+    repeats: int = 3  # timed calls per resolution; medians with min/max are reported
+    budget_s: float = 150.0  # seconds of measurement for the whole stage, shared by the encoders (a real-size one gets 3 shares, a pico 1; unused time passes on)
+    max_call_s: float = 20.0  # an encoder stops growing when its next end-to-end call is predicted to take longer
+    memory_gb: float = 8.0  # an encoder stops growing when its next peak memory is predicted to exceed this
+    min_sides: int = 3  # sides every encoder measures before the time budget may stop it (max_call_s and memory_gb still apply)
+    lm: str = "embedded"  # LM for the prefill: `embedded` (the study's embedded Llama, `vlm.embedded` sizes) or a HF id/path whose config is built with random weights
+    lm_layers: int = 0  # 0 = the LM's own depth; N = only its first N decoder layers (a 7B config on a small GPU)
+    text_tokens: int = 36  # prompt tokens after the image tokens (the Vicuna system prompt + a question)
+    connector: str = "gelu-mlp"  # projector between encoder and LM (every encoder token is passed: no token merge)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # weights and activations (the paper: fp32 encoders, fp16/bf16 LM on GPU)
+    scan_share_resolution: int = 224  # side at which the SSM encoders' scan share of latency is measured, 'torch' vs 'auto' scan (0 = skip)
+    bootstrap: int = 1000  # resamples of the repeats for the power-law exponents' CIs
+
 # %% ../nbs/00a_config.ipynb #033dcf3a
 @dataclass
 class StudyConfig:
@@ -221,6 +244,7 @@ class StudyConfig:
     vlm: VLMConfig = field(default_factory=VLMConfig)  # connector + LM
     train: TrainConfig = field(default_factory=TrainConfig)  # VLM training recipe
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)  # stage 70: latency/memory vs resolution
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # devices and parallelism
     paths: PathsConfig = field(default_factory=PathsConfig)  # output locations
 

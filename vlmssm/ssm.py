@@ -4,7 +4,9 @@
 
 # %% ../nbs/03_ssm.ipynb #1f987a30
 from __future__ import annotations
-import functools, math, threading
+import ctypes, functools, hashlib, math, os, platform, subprocess, tempfile, threading, warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -14,7 +16,8 @@ from .utils import did_you_mean
 
 # %% auto #0
 __all__ = ['BLOCK_ELEMS', 'SCAN_BACKENDS', 'ScanInputError', 'selective_scan_ref', 'free_scan_workspace', 'SelectiveScanFn',
-           'ScanBackendError', 'list_scan_backends', 'get_scan_backend', 'selective_scan']
+           'ScanBackendError', 'scan_kernel', 'scan_threads', 'CpuScanFn', 'list_scan_backends', 'get_scan_backend',
+           'scan_path', 'selective_scan']
 
 # %% ../nbs/03_ssm.ipynb #1df0e644
 class ScanInputError(ValueError):
@@ -399,10 +402,186 @@ def _torch_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softpl
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (out, last) if return_last_state else out
 
-# %% ../nbs/03_ssm.ipynb #acdfe33c
+# %% ../nbs/03_ssm.ipynb #c0a1e002
+_SCAN_C = r"""
+/* vlmssm selective-scan forward (CPU, fp32): rows r0..r1 of (batch*dim), blocks of K channels. */
+#include <stdlib.h>
+#define K 8
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+static inline float exp2_(float x) {                /* 2^x, Cephes exp2f polynomial; x clamped to [-126, 126] */
+    x = x < -126.f ? -126.f : (x > 126.f ? 126.f : x);
+    float r = (x + 12582912.f) - 12582912.f, f = x - r, p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f; p = p * f + 9.618437357674640e-3f; p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f; p = p * f + 6.931472028550421e-1f; p = p * f + 1.0f;
+    union { float f; int i; } s; s.i = ((int)r + 127) << 23; return p * s.f;
+}
+static inline float log1p01_(float e) {             /* log(1 + e), e in [0, 1]: Cephes logf polynomial */
+    union { float f; int i; } m; m.f = 1.f + e;
+    float k = (float)(((m.i >> 23) & 255) - 127); m.i = (m.i & 0x007fffff) | 0x3f800000;
+    float big = m.f > 1.41421356f ? 1.f : 0.f, z = (big > 0.f ? 0.5f * m.f : m.f) - 1.f, p = 7.0376836292e-2f;
+    p = p * z - 1.1514610310e-1f; p = p * z + 1.1676998740e-1f; p = p * z - 1.2420140846e-1f; p = p * z + 1.4249322787e-1f;
+    p = p * z - 1.6668057665e-1f; p = p * z + 2.0000714765e-1f; p = p * z - 2.4999993993e-1f; p = p * z + 3.3333331174e-1f;
+    float lg = z + z * z * (z * p - 0.5f) + (k + big) * LN2;
+    return e < 1e-4f ? e * (1.f - 0.5f * e) : lg;   /* 1 + e rounds for tiny e */
+}
+static inline float softplus_(float x) { float ax = x < 0.f ? -x : x; return (x > 0.f ? x : 0.f) + log1p01_(exp2_(-ax * LOG2E)); }
+void vlmssm_scan_fwd(const float *u, const float *delta, const float *A, const float *B, const float *C,
+                     const float *D, const float *z, const float *bias, float *out, float *last,
+                     long dim, long L, long N, long sBb, long HB, long sCb, long HC, int softplus, long r0, long r1) {
+    static __thread float *buf = 0; static __thread long cap = 0;   /* per-thread work buffers, reused */
+    if (cap < 4 * K * L) { free(buf); buf = malloc(sizeof(float) * 4 * K * L); cap = buf ? 4 * K * L : 0; }
+    if (!buf) return;
+    float *DT = buf, *DU = buf + K * L, *AA = buf + 2 * K * L, *BB = buf + 3 * K * L;
+    for (long rb = r0; rb < r1; rb += K) {
+        long kc = r1 - rb < K ? r1 - rb : K;
+        for (long k = 0; k < kc; k++) {
+            long r = rb + k, d = r % dim; const float *dl = delta + r * L, *uu = u + r * L;
+            float bb = bias ? bias[d] : 0.f, Dd = D ? D[d] : 0.f, *dt = DT + k * L, *du = DU + k * L, *o = out + r * L;
+            if (softplus) for (long t = 0; t < L; t++) { float x = softplus_(dl[t] + bb); dt[t] = x; du[t] = x * uu[t]; o[t] = Dd * uu[t]; }
+            else for (long t = 0; t < L; t++) { float x = dl[t] + bb; dt[t] = x; du[t] = x * uu[t]; o[t] = Dd * uu[t]; }
+        }
+        for (long n = 0; n < N; n++) {
+            for (long k = 0; k < kc; k++) {
+                long r = rb + k, b = r / dim, d = r % dim; const float *Bp = B + b * sBb + ((d / HB) * N + n) * L;
+                float an = A[d * N + n] * LOG2E, *dt = DT + k * L, *du = DU + k * L, *aa = AA + k * L, *bq = BB + k * L;
+                for (long t = 0; t < L; t++) { aa[t] = exp2_(dt[t] * an); bq[t] = du[t] * Bp[t]; }
+            }
+            if (kc == K) {                               /* K independent chains: h = a h + b */
+                float h[K] = {0};
+                for (long t = 0; t < L; t++) {
+#pragma GCC unroll 8
+                    for (int k = 0; k < K; k++) { h[k] = AA[k * L + t] * h[k] + BB[k * L + t]; BB[k * L + t] = h[k]; }
+                }
+            } else for (long k = 0; k < kc; k++) {
+                float h = 0.f, *aa = AA + k * L, *bq = BB + k * L;
+                for (long t = 0; t < L; t++) { h = aa[t] * h + bq[t]; bq[t] = h; }
+            }
+            for (long k = 0; k < kc; k++) {
+                long r = rb + k, b = r / dim, d = r % dim; const float *Cp = C + b * sCb + ((d / HC) * N + n) * L;
+                float *bq = BB + k * L, *o = out + r * L;
+                for (long t = 0; t < L; t++) o[t] += Cp[t] * bq[t];
+                last[r * N + n] = bq[L - 1];
+            }
+        }
+        if (z) for (long k = 0; k < kc; k++) {
+            const float *zz = z + (rb + k) * L; float *o = out + (rb + k) * L;
+            for (long t = 0; t < L; t++) o[t] *= zz[t] / (1.f + exp2_(-zz[t] * LOG2E));
+        }
+    }
+}
+"""
+
+# %% ../nbs/03_ssm.ipynb #c0a1e004
 class ScanBackendError(ValueError):
     "Unknown or unavailable selective-scan backend (one-line message)."
 
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+_KLOCK = threading.Lock()
+
+def _cpu_id():
+    "CPU model and flags (the kernel is built with -march=native)."
+    try: return "\n".join(l for l in Path("/proc/cpuinfo").read_text().splitlines()[:40] if l.startswith(("model name", "flags")))
+    except OSError: return platform.processor() + platform.machine()
+
+def _build_kernel(cache=None):
+    "Compile `_SCAN_C` (cached per source/flags/compiler/CPU); the ctypes function, or why not as a string."
+    if os.environ.get("VLMSSM_SCAN_KERNEL", "1") == "0": return "disabled by VLMSSM_SCAN_KERNEL=0"
+    cc = os.environ.get("CC", "cc")
+    try: ver = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e: return f"no C compiler ({cc}): {type(e).__name__}: {e}"
+    key = hashlib.sha256("\0".join([_SCAN_C, " ".join(_CFLAGS), ver, _cpu_id()]).encode()).hexdigest()[:16]
+    d = Path(cache or os.environ.get("VLMSSM_KERNEL_CACHE") or Path.home() / ".cache/vlmssm/kernels")
+    so = d / f"scan_fwd_{key}.so"
+    if not so.exists():
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d) as tmp:
+            src, out = Path(tmp) / "scan.c", Path(tmp) / "scan.so"
+            src.write_text(_SCAN_C)
+            r = subprocess.run([cc, *_CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+            if r.returncode != 0: return f"compiling the scan kernel failed ({cc}): {r.stderr.strip()[:300]}"
+            os.replace(out, so)                                  # atomic: never a half-written library
+    fn = ctypes.CDLL(str(so)).vlmssm_scan_fwd
+    fn.restype, P, I = None, ctypes.c_void_p, ctypes.c_long
+    fn.argtypes = [P] * 10 + [I] * 7 + [ctypes.c_int, I, I]
+    return fn
+
+def scan_kernel():
+    "The compiled CPU forward (built on first use, then cached), or a string saying why it is unavailable."
+    with _KLOCK:
+        if not hasattr(_build_kernel, "fn"): _build_kernel.fn = _build_kernel()
+        return _build_kernel.fn
+
+# %% ../nbs/03_ssm.ipynb #c0a1e007
+_POOLS = {}
+
+def scan_threads() -> int:
+    "Threads of the compiled CPU scan: torch.get_num_threads(), capped by $VLMSSM_SCAN_THREADS when set."
+    n = torch.get_num_threads()
+    cap = os.environ.get("VLMSSM_SCAN_THREADS")
+    return max(1, min(n, int(cap))) if cap else max(1, n)
+
+def _row_ranges(rows, nthreads, per_thread=8, k=8):
+    "Row ranges (multiples of k rows) for the pool: about per_thread ranges per thread."
+    if nthreads <= 1: return [(0, rows)]
+    step = max(k, -(-rows // (nthreads * per_thread)) // k * k)
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+def _pool(n):
+    "A persistent thread pool of n workers (per process: a forked child does not inherit the parent's threads)."
+    key = (os.getpid(), n)
+    with _KLOCK:
+        if key not in _POOLS: _POOLS[key] = ThreadPoolExecutor(n, thread_name_prefix="vlmssm-scan")
+        return _POOLS[key]
+
+# %% ../nbs/03_ssm.ipynb #c0a1e010
+def _kernel_why_not(u, delta, A, B, C, D, z, delta_bias):
+    "Why the compiled forward cannot take these inputs ('' if it can)."
+    xs = [x for x in (u, delta, A, B, C, D, z, delta_bias) if x is not None]
+    if any(x.device.type != "cpu" for x in xs): return "the compiled scan runs on CPU tensors only"
+    if any(x.dtype == torch.float64 for x in xs): return "float64 inputs (the compiled scan computes in fp32)"
+    if B.dim() == 2 or C.dim() == 2: return "constant (dim, N) B/C (the compiled scan takes selective B/C)"
+    return ""
+
+def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, softplus):
+    "Compiled CPU forward: (out in u's dtype, last state (batch, dim, N) fp32)."
+    fn = scan_kernel()
+    if isinstance(fn, str): raise ScanBackendError(f"backend='cpu' is unavailable: {fn}; use backend='torch' or 'auto'")
+    why = _kernel_why_not(u, delta, A, B, C, D, z, delta_bias)
+    if why: raise ScanBackendError(f"backend='cpu' cannot run these inputs: {why}; use backend='torch' or 'auto'")
+    f32 = lambda x: None if x is None else x.detach().to(torch.float32).contiguous()
+    u_, d_, A_, B_, C_, D_, z_, b_ = map(f32, (u, delta, A, B, C, D, z, delta_bias))
+    bs, dim, L = u.shape; N = A.shape[1]
+    gB, gC = (B.shape[1] if B.dim() == 4 else 1), (C.shape[1] if C.dim() == 4 else 1)
+    out, last = torch.empty(bs, dim, L), torch.empty(bs, dim, N)
+    p = lambda x: None if x is None else x.data_ptr()
+    args = [p(x) for x in (u_, d_, A_, B_, C_, D_, z_, b_, out, last)] + [dim, L, N, gB * N * L, dim // gB, gC * N * L, dim // gC, int(softplus)]
+    nt = scan_threads(); ranges = _row_ranges(bs * dim, nt)
+    if len(ranges) == 1: fn(*args, 0, bs * dim)
+    else: list(_pool(nt).map(lambda r: fn(*args, *r), ranges))
+    return out.to(u.dtype), last
+
+# %% ../nbs/03_ssm.ipynb #c0a1e013
+class CpuScanFn(torch.autograd.Function):
+    "Selective scan with the compiled CPU forward and the recomputing PyTorch backward; returns (out, last_state)."
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        ctx.set_materialize_grads(False)
+        out, last = _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return out, last.to(_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout, glast):
+        return (*_scan_bwd(*ctx.saved_tensors, ctx.delta_softplus, gout, glast, ctx.needs_input_grad), None)
+
+def _cpu_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    out, last = CpuScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
+
+# %% ../nbs/03_ssm.ipynb #acdfe33c
 @functools.cache
 def _mamba_scan_fn():
     "mamba-ssm's `selective_scan_fn`, or the import error as a string (imported on first CUDA use only)."
@@ -420,12 +599,22 @@ def _cuda_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 
 # %% ../nbs/03_ssm.ipynb #13f97ec5
 SCAN_BACKENDS = {
-    "auto": "mamba-ssm's CUDA kernel for fp16/bf16/fp32 CUDA tensors when it imports, else 'torch'",
+    "auto": "CUDA: mamba-ssm's kernel for fp16/bf16/fp32 when it imports, else 'torch'; CPU: 'cpu' where it applies, else 'torch'",
     "torch": "fast pure-PyTorch chunked scan (CPU and CUDA), autograd incl. the last state",
+    "cpu": "compiled C forward on CPU (fp32 compute, selective B/C) + the 'torch' backward",
     "cuda": "mamba-ssm's selective_scan_fn (CUDA tensors, mamba-ssm installed)",
     "ref": "sequential reference loop (slow; for tests)",
 }
-_BACKEND_FNS = {"torch": _torch_scan, "cuda": _cuda_scan, "ref": selective_scan_ref}
+
+def _auto_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
+    "'auto' on CPU: the compiled forward where it applies, else 'torch' (a missing compiler is warned about once)."
+    fn = scan_kernel()
+    if isinstance(fn, str) and not getattr(_auto_cpu, "warned", False):
+        warnings.warn(f"vlmssm: selective scan runs the 'torch' backend on CPU: {fn}"); _auto_cpu.warned = True
+    use = not isinstance(fn, str) and not _kernel_why_not(u, delta, A, B, C, D, z, delta_bias)
+    return (_cpu_scan if use else _torch_scan)(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+_BACKEND_FNS = {"torch": _torch_scan, "cpu": _cpu_scan, "cuda": _cuda_scan, "ref": selective_scan_ref}
 
 def list_scan_backends() -> list:
     "Names of the selective-scan backends."
@@ -439,9 +628,21 @@ def get_scan_backend(name: str,  # a name from `list_scan_backends()`
         raise ScanBackendError(f"unknown selective-scan backend {name!r}; valid: {', '.join(SCAN_BACKENDS)}"
                                + did_you_mean(name, SCAN_BACKENDS, n=1))
     if name == "auto":
+        if u is not None and u.device.type == "cpu": return _auto_cpu
         name = "cuda" if (u is not None and u.is_cuda and u.dtype != torch.float64
                           and not isinstance(_mamba_scan_fn(), str)) else "torch"
     return _BACKEND_FNS[name]
+
+def scan_path(device="cpu", dtype=torch.float32) -> str:
+    "What 'auto' runs for selective-B/C inputs of `dtype` on `device` (for records: which scan a measurement used)."
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        fn = _mamba_scan_fn()
+        return "cuda (mamba-ssm selective_scan_fn)" if not isinstance(fn, str) and dtype != torch.float64 else f"torch (chunked PyTorch scan on CUDA: {fn if isinstance(fn, str) else 'float64'})"
+    fn = scan_kernel()
+    if isinstance(fn, str): return f"torch (chunked PyTorch scan; compiled kernel unavailable: {fn})"
+    if dtype == torch.float64: return "torch (chunked PyTorch scan; float64 inputs)"
+    return f"cpu (compiled C kernel, {scan_threads()} thread(s))"
 
 # %% ../nbs/03_ssm.ipynb #43a09a80
 @register_notrace_function   # an FX leaf: traced models call it as one node (its Python control flow stays untraced)
@@ -455,7 +656,7 @@ def selective_scan(u,                       # (batch, dim, L) input
                    delta_bias=None,         # (dim,) added to delta before softplus
                    delta_softplus=False,    # apply softplus to delta (+ delta_bias)
                    return_last_state=False, # also return the final state (batch, dim, N)
-                   backend="auto",          # 'auto' | 'torch' | 'cuda' | 'ref' (see `SCAN_BACKENDS`)
+                   backend="auto",          # 'auto' | 'torch' | 'cpu' | 'cuda' | 'ref' (see `SCAN_BACKENDS`)
                   ):
     "Selective scan (Mamba S6) with mamba-ssm `selective_scan_fn` semantics; output in u's dtype."
     fn = get_scan_backend(backend, u)
