@@ -23,7 +23,7 @@ from .mambavision import SSMModelMixin, _take_indices, build_with_weights_hint
 __all__ = ['default_cfgs', 'MSDeformAttn', 'reference_points', 'deform_inputs', 'DWConv', 'ConvFFN', 'Injector', 'Extractor',
            'InteractionBlock', 'SpatialPriorModule', 'Attention', 'Block', 'ViTAdapter', 'pad32', 'crop_to',
            'checkpoint_filter_fn', 'vit_adapter_deit_tiny', 'vit_adapter_deit_small', 'vit_adapter_deit_base',
-           'vit_adapter_pico', 'vit_adapter_test']
+           'vit_adapter_pico', 'vit_adapter_test', 'init_from_vit']
 
 # %% ../../nbs/04f_backbones.vit_adapter.ipynb #3f1a0c06
 @functools.cache
@@ -473,3 +473,25 @@ def vit_adapter_test(pretrained=False, **kwargs) -> ViTAdapter:
     "Tiny ViT-Adapter for tests: D 32, 4 blocks (2 heads), SPM 8 channels, 2 deformable heads."
     return _create("vit_adapter_test", pretrained, **{**_SMALL, **dict(embed_dim=32, depth=4, num_heads=2, conv_inplane=8, deform_num_heads=2,
                                                                       interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]), **kwargs})
+
+# %% ../../nbs/04f_backbones.vit_adapter.ipynb #3f1a0c35
+def init_from_vit(model: ViTAdapter, state_dict: Mapping) -> list[str]:
+    "Copy a timm/DeiT ViT classifier's patch embedding, position table and blocks into `model` (official init); returns the keys left as they were."
+    from vlmssm.backbones.core import WeightsError
+    sd = unwrap_state_dict(state_dict, ("model", "state_dict"))
+    own = model.state_dict()
+    take = {k: v for k, v in sd.items() if k.startswith(("patch_embed.", "blocks.")) or k == "pos_embed"}
+    pe = take.get("pos_embed")
+    if pe is not None and pe.ndim == 3 and math.isqrt(pe.shape[1]) ** 2 == pe.shape[1]:   # no class-token row: add the (unused) one
+        take["pos_embed"] = pe = torch.cat([pe.new_zeros(1, 1, pe.shape[-1]), pe], 1)
+    if pe is not None and pe.shape != own["pos_embed"].shape:
+        g = model.pretrain_size[0] // 16
+        take["pos_embed"] = resample_abs_pos_embed(pe, new_size=[g, g], num_prefix_tokens=1)
+    want = [k for k in own if k.startswith(("patch_embed.", "blocks.")) and not _GAMMA.fullmatch(k)] + ["pos_embed"]
+    missing, extra = [k for k in want if k not in take], [k for k in take if k not in own]
+    bad = [f"{k} {tuple(take[k].shape)} vs {tuple(own[k].shape)}" for k in take if k in own and take[k].shape != own[k].shape]
+    if missing or extra or bad:
+        raise WeightsError(f"not a ViT of this width/depth: {len(missing)} missing, {len(extra)} unexpected, {len(bad)} mis-shaped "
+                           f"(e.g. {', '.join((missing + extra + bad)[:3])})")
+    model.load_state_dict(take, strict=False)
+    return [k for k in own if k not in take]
