@@ -15,9 +15,10 @@ from .core import BlockTap, StageTap, MethodTap, hub_error
 
 # %% auto #0
 __all__ = ['TIMM_SPECS', 'FUSED_SPECS', 'VITDET_CONFIGS', 'VITDET_SPECS', 'PERCEIVER_CONFIG', 'PERCEIVER_SPECS', 'SSM_SPECS',
-           'UNAVAILABLE', 'ZOO_SPECS', 'parse_tap', 'EncoderSpec', 'timm_build', 'block_tap', 'stage_tap', 'FusedViT',
-           'fused_build', 'fused_tap', 'ViTDet', 'vitdet_build', 'vitdet_tap', 'vitdet_filter', 'fetch_url',
-           'Perceiver', 'perceiver_build', 'perceiver_tap', 'vmamba_tap', 'mambavision_tap', 'vim_tap']
+           'VIT_ADAPTER_SPECS', 'UNAVAILABLE', 'ZOO_SPECS', 'parse_tap', 'EncoderSpec', 'timm_build', 'block_tap',
+           'stage_tap', 'FusedViT', 'fused_build', 'fused_tap', 'ViTDet', 'vitdet_build', 'vitdet_tap', 'vitdet_filter',
+           'fetch_url', 'Perceiver', 'perceiver_build', 'perceiver_tap', 'vmamba_tap', 'mambavision_tap', 'vim_tap',
+           'vit_adapter_tap']
 
 # %% ../../nbs/04d_backbones.zoo.ipynb #f4bef6ee
 _TAP_RE = re.compile(r"(block|stage|layer)\s+(-?\d+)")
@@ -314,6 +315,14 @@ def vim_tap(model, tap):
     return MethodTap("forward_tap", dict(layer=l), fmt="NLC", label=tap,
                      grid_fn=lambda m, h, w: (_conv_out(h, m.patch_embed.proj), _conv_out(w, m.patch_embed.proj)))
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #5e1d7a02
+def vit_adapter_tap(model, tap):
+    p = _only(tap, {"stage", "block"}, "ViT-Adapter")
+    if len(p) != 1: raise ValueError(f"tap {tap!r}: ViT-Adapter takes 'stage K' (1-4) or 'block I', not both")
+    if "block" in p: return MethodTap("forward_tap", dict(stage=None, block=p["block"]), fmt="NLC", reduction=16, rounding="ceil", label=tap)
+    if p["stage"] not in (1, 2, 3, 4): raise ValueError(f"tap {tap!r}: ViT-Adapter has stages 1-4 (strides 4, 8, 16, 32)")
+    return MethodTap("forward_tap", dict(stage=p["stage"]), reduction=4 * 2 ** (p["stage"] - 1), rounding="ceil", label=tap)
+
 # %% ../../nbs/04d_backbones.zoo.ipynb #a3fb3614
 def _ssm(id, family, variant, pretraining, source, module, make_tap, tap, **kw):
     kw.setdefault("resize_mode", "exact")
@@ -339,9 +348,14 @@ SSM_SPECS = [
          kwargs=dict(num_classes=0, patch_size=16, stride=16), **_P64),
 ]
 
+# %% ../../nbs/04d_backbones.zoo.ipynb #5e1d7a04
+_VA = dict(module="vit_adapter", make_tap=vit_adapter_tap, tap="stage 3", sized=False, crop_pct=1.0, head="pool", probe=(64, 64))
+VIT_ADAPTER_SPECS = [
+    _ssm("vit-adapter-deit-b-ade20k-512", "ViT-Adapter", "B (DeiT-B)", "IN1K→ADE20K seg (UperNet 160k)", "vit_adapter_deit_base.ade20k_upernet_160k",
+         resolution=(512, 512), resize="fit-pad", **_VA),
+    _ssm("vit-adapter-pico", "ViT-Adapter", "pico", source="vit_adapter_pico", **_VA, **_P64),
+]
+
 # %% ../../nbs/04d_backbones.zoo.ipynb #606e3691
-UNAVAILABLE = {
-    "vit-adapter-deit-b-ade20k-512": "ViT-Adapter (DeiT-B + spatial-prior module + deformable-attention injector/extractor, mmseg UperNet, ADE20K) "
-                                     "has no timm/transformers implementation; its DeiT-B initialisation is 'deit-b-in1k-224'",
-}
-ZOO_SPECS = [*TIMM_SPECS, *FUSED_SPECS, *VITDET_SPECS, *PERCEIVER_SPECS, *SSM_SPECS]
+UNAVAILABLE: dict[str, str] = {}
+ZOO_SPECS = [*TIMM_SPECS, *FUSED_SPECS, *VITDET_SPECS, *PERCEIVER_SPECS, *SSM_SPECS, *VIT_ADAPTER_SPECS]
