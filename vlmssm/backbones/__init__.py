@@ -84,7 +84,7 @@ def _check_resolution(id: str, r) -> tuple[int, int]:
 
 def _check_tap(enc, tap: str):
     "A user-chosen tap must exist in the model: one forward on the meta device (no compute) raises the tap's own error early."
-    from .core import meta_forward
+    from vlmssm.backbones.core import meta_forward
     try: meta_forward(enc)
     except (ValueError, IndexError, KeyError) as e: raise ValueError(f"encoder {enc.id!r}: tap {tap!r}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     except RuntimeError: pass  # a model the meta device cannot run (data-dependent ops): checked at its first real forward
