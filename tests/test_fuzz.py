@@ -531,9 +531,9 @@ def config(data, tmp):
     if m.exists(): m.unlink()
     p.write_text("inherit: smoke\n" + body if kind not in ("toplevel", "syntax") else body)
     import signal
-    def alarm(*a): raise TimeoutError(f"config loading of {kind} did not finish in 5 s")
+    def alarm(*a): raise TimeoutError(f"config loading of {kind} did not finish in 20 s (a hang: aliases or nesting expanding)")
     def go():
-        old = signal.signal(signal.SIGALRM, alarm); signal.alarm(5)
+        old = signal.signal(signal.SIGALRM, alarm); signal.alarm(20)
         try: return check_names(load_config(str(p)))
         finally: signal.alarm(0); signal.signal(signal.SIGALRM, old)
     out = _tag(attempt(go, names + [p]), kind)
