@@ -93,7 +93,8 @@ class FeatureCache:
 def _load(img):
     from PIL import Image
     if isinstance(img, (str, Path)):
-        with Image.open(img) as im: return im.convert("RGB")
+        from vlmssm.data.formats import read_image
+        return read_image(img)  # a corrupt or truncated file is one `DataFormatError` line naming it
     if isinstance(img, np.ndarray): return Image.fromarray(img)
     return img
 

@@ -7,12 +7,27 @@ from __future__ import annotations
 import inspect, sys
 from pathlib import Path
 from fastcore.script import Param, anno_parser, store_true
-from .config import ConfigError, load_config, list_presets, to_dict, PRESETS_DIR
+from .config import ConfigError, check_names, load_config, list_presets, to_dict, PRESETS_DIR
 from .utils import did_you_mean
 from .pipeline import StageFailed, discover_stages, run_study
 
 # %% auto #0
-__all__ = ['COMMANDS', 'study', 'stages', 'presets', 'config', 'encoders', 'chat', 'score', 'underscore_options', 'main']
+__all__ = ['COMMANDS', 'split_overrides', 'study', 'stages', 'presets', 'config', 'encoders', 'chat', 'score',
+           'underscore_options', 'main']
+
+# %% ../nbs/16_cli.ipynb #7a25fa01
+def split_overrides(s: str | None) -> list[str] | None:
+    "`--set` text → overrides: split at commas outside brackets and quotes, so `seeds=[7,8],train.lr=0.1` is two overrides."
+    if not s: return None
+    out, cur, depth, quote = [], "", 0, ""
+    for ch in s:
+        if quote: quote = "" if ch == quote else quote
+        elif ch in "'\"": quote = ch
+        elif ch in "[{": depth += 1
+        elif ch in "]}": depth = max(0, depth - 1)
+        elif ch == "," and depth == 0: out.append(cur); cur = ""; continue
+        cur += ch
+    return [o.strip() for o in out + [cur] if o.strip()]
 
 # %% ../nbs/16_cli.ipynb #7a25faf5
 def study(preset: str = "default",  # preset name (`vlmssm presets`)
@@ -24,7 +39,7 @@ def study(preset: str = "default",  # preset name (`vlmssm presets`)
           quiet: store_true = False,  # no live progress line (what each stage does, how far, ETA)
          ):
     "Run the study's stages in order (papermill), skipping unchanged ones."
-    table = run_study(config or preset, overrides=set.split(",") if set else None, only=only.split(",") if only else None,
+    table = run_study(config or preset, overrides=split_overrides(set), only=only.split(",") if only else None,
                       run_dir=run_dir, force=force, progress=not quiet)
     print(table.to_string(index=False))
 
@@ -45,7 +60,7 @@ def config(preset: str = "default",  # preset name or YAML file
           ):
     "Print the fully resolved configuration of a preset (validated)."
     import yaml
-    print(yaml.safe_dump(to_dict(load_config(preset, set.split(",") if set else None)), sort_keys=False), end="")
+    print(yaml.safe_dump(to_dict(check_names(load_config(preset, split_overrides(set)))), sort_keys=False), end="")
 
 def encoders(family: str = None):  # only this family
     "Print the encoder registry: id, family, pretraining, resolution, tap, tokens, parameters."
@@ -98,7 +113,7 @@ def score(predictions: _PREDICTIONS,
 COMMANDS = dict(study=study, stages=stages, presets=presets, config=config, encoders=encoders, chat=chat, score=score)
 
 # %% ../nbs/16_cli.ipynb #dbd0b358
-_USER_ERRORS = (ConfigError, StageFailed, FileNotFoundError, KeyError, ValueError)
+_USER_ERRORS = (ConfigError, StageFailed, KeyError, ValueError, OSError)  # OSError: a full disk, an unwritable run directory, a missing file
 
 def underscore_options(args: list[str], func) -> list[str]:
     "`--run-dir X` / `--run-dir=X` → `--run_dir …` for `func`'s parameters: options take the spelling people type too."
@@ -125,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try: func(**{k: v for k, v in args.items() if k in inspect.signature(func).parameters})
     except _USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.strerror and not isinstance(e, FileNotFoundError): msg = f"{e.strerror}: {e.filename or ''}".rstrip(": ")
         print(f"vlmssm {name}: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_config.ipynb #0cc9b89a
 from __future__ import annotations
-import dataclasses, os, re, types, typing
+import dataclasses, functools, math, os, re, types, typing
 from dataclasses import dataclass, field, fields, asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -15,7 +15,7 @@ from .utils import atomic_write, did_you_mean, is_offline
 __all__ = ['PICO_PROFILE', 'REAL_PROFILE', 'PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig',
            'DenseConfig', 'EmbeddedLMConfig', 'VLMConfig', 'TrainConfig', 'CheckpointEntry', 'EvalConfig',
            'RuntimeConfig', 'PathsConfig', 'EfficiencyConfig', 'StudyConfig', 'from_dict', 'to_dict', 'missing_paths',
-           'validate', 'list_presets', 'load_config', 'save_config', 'check_names']
+           'validate', 'list_presets', 'safe_yaml', 'load_config', 'save_config', 'check_names']
 
 # %% ../nbs/00a_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -270,7 +270,10 @@ def _convert_scalar(value, tp, bad):
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)): raise bad()
-        return float(value)
+        try: value = float(value)
+        except OverflowError: raise bad() from None
+        if not math.isfinite(value): raise bad()  # .nan / .inf pass every `<` check below
+        return value
     if tp is str:
         if not isinstance(value, str): raise bad()
         return value
@@ -299,17 +302,21 @@ def _convert(value, tp, key: str):
         return [_convert(v, a, f"{key}[{i}]") for i, v in enumerate(value)]
     if o is dict:
         if not isinstance(value, dict): raise bad()
-        return dict(value)
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_convert(k, kt, f"{key} key {k!r}"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     return _convert_scalar(value, tp, bad)
 
 # %% ../nbs/00a_config.ipynb #6200fe71
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict: return get_type_hints(cls)  # evaluating string annotations is most of a config load's time
+
 def from_dict(cls, data, key: str = ""):
     "Build dataclass `cls` from a nested dict, with one-line errors naming the dotted key."
     where = f"'{key}'" if key else "the top level"
     if isinstance(data, str) and any(f.name == "id" for f in fields(cls)): data = {"id": data}  # `- vmamba-pico` shorthand
     if not isinstance(data, dict):
         raise ConfigError(f"config key {where}: expected a mapping of {cls.__name__} fields, got {data!r}")
-    hints, names = get_type_hints(cls), [f.name for f in fields(cls)]
+    hints, names = _hints(cls), [f.name for f in fields(cls)]
     for k in data:
         if k not in names:
             full = f"{key}.{k}" if key else k
@@ -383,10 +390,46 @@ def missing_paths(cfg: StudyConfig) -> list[str]:
         elif is_offline() and not _hf_cached(lm): miss.append(f"vlm.lm={lm} (hub id, offline and not in the HF cache)")
     return miss
 
+# %% ../nbs/00a_config.ipynb #7d0a1f02
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_DOMAINS = [  # (dotted key, test, what the value must be)
+    *[(k, lambda v: v > 0, "> 0") for k in ("train.lr", "pretrain.lr", "dense.lr", "vlm.embedded.pretrain_lr", "train.epochs", "vlm.max_length",
+                                             "pretrain.eval_every", "train.log_every", "pretrain.image_size", "dense.batch_size",
+                                             *[f"vlm.embedded.{k}" for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "max_positions", "pretrain_batch")])],
+    *[(k, lambda v: v >= 0, ">= 0") for k in ("train.weight_decay", "pretrain.weight_decay", "train.max_grad_norm", "pretrain.grad_clip", "train.eval_every",
+                                              "train.save_every", "pretrain.save_every", "runtime.stage_timeout", "seed", "pretrain.probe_scenes", "dense.steps",
+                                              "eval.val_items", "vlm.embedded.pretrain_steps", "data.noise")],
+    *[(k, lambda v: 0 <= v <= 1, "in [0, 1]") for k in ("train.warmup_ratio", "pretrain.warmup_ratio")],
+    ("pretrain.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"), ("eval.iou", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("eval.taus", lambda v: all(0 < t <= 1 for t in v), "IoU thresholds in (0, 1]"), ("seeds", lambda v: all(s >= 0 for s in v), "seeds >= 0"),
+    ("pretrain.encoder_steps", lambda v: all(n >= 0 for n in v.values()), "step counts >= 0"),
+    ("runtime.device", lambda v: _DEVICE.fullmatch(v) is not None, "auto, cpu, mps, cuda or cuda:N"),
+]
+
+def _get(cfg, dotted: str):
+    for k in dotted.split("."): cfg = getattr(cfg, k)
+    return cfg
+
+def _check_domains(cfg: StudyConfig):
+    "Every value inside its domain (`_DOMAINS`, resize strategies, the scene knobs); one `ConfigError` line naming the key."
+    for k, ok, what in _DOMAINS:
+        v = _get(cfg, k)
+        if not ok(v): raise ConfigError(f"config key '{k}': must be {what}, got {v!r}")
+    e = cfg.vlm.embedded
+    if e.hidden_size % e.num_heads: raise ConfigError(f"config key 'vlm.embedded.num_heads': {e.num_heads} does not divide hidden_size={e.hidden_size}")
+    from vlmssm.geometry import check_strategy
+    for k, v in [("vlm.resize", cfg.vlm.resize), ("pretrain.resize", cfg.pretrain.resize), *[(f"encoders[{i}].resize", x.resize) for i, x in enumerate(cfg.encoders) if x.resize]]:
+        try: check_strategy(v)
+        except ValueError as err: raise ConfigError(f"config key '{k}': {err}") from None
+    if cfg.data.source == "scenes":
+        from vlmssm.data.scenes import check_data_config
+        check_data_config(cfg.data)
+
 # %% ../nbs/00a_config.ipynb #1d3a4dd7
 def validate(cfg: StudyConfig) -> StudyConfig:
     "Check values that types cannot express; raise one `ConfigError` line listing every problem path."
     _positive(cfg)
+    _check_domains(cfg)
     miss = missing_paths(cfg)
     if miss: raise ConfigError(f"study '{cfg.name}': {len(miss)} missing path(s) or weight(s): {'; '.join(miss)}")
     return cfg
@@ -413,14 +456,43 @@ def _expand(o):
     if isinstance(o, dict): return {k: _expand(v) for k, v in o.items()}
     return o
 
+# %% ../nbs/00a_config.ipynb #7d0a1f05
+_FAST = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def _check_events(text: str, max_depth: int = 50):
+    "Refuse aliases and nesting deeper than `max_depth` by walking the (iterative) parser's events."
+    depth, bad = 0, lambda ev, msg: yaml.composer.ComposerError(None, None, msg, ev.start_mark)
+    try:  # libyaml's parser when present (fast); a syntax error is left to `yaml.safe_load`, whose messages the presets' tests know
+        for ev in yaml.parse(text, Loader=_FAST):
+            if isinstance(ev, yaml.AliasEvent): raise bad(ev, f"aliases (*{ev.anchor}) are not allowed in vlmssm configs")
+            if isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > max_depth: raise bad(ev, f"nested more than {max_depth} levels deep")
+            elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)): depth -= 1
+    except yaml.composer.ComposerError: raise
+    except yaml.YAMLError as e:
+        if "nesting depth" in str(e): raise yaml.YAMLError(f"nested more than {max_depth} levels deep") from None
+
+def safe_yaml(text: str, what: str = "YAML"):
+    "Parse YAML safely (no Python tags, no aliases, bounded nesting); any problem is one `ConfigError` line naming `what`."
+    try:
+        _check_events(text)
+        try: return yaml.load(text, Loader=_FAST)  # libyaml: ~10x faster; on any error the Python loader below gives its usual message
+        except yaml.YAMLError: return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError) as e:
+        m = getattr(e, "problem_mark", None)
+        why = " ".join(str(getattr(e, "problem", None) or ("nested too deeply" if isinstance(e, RecursionError) else e)).split())
+        raise ConfigError(f"{what}: invalid YAML{f' at line {m.line+1}' if m else ''}: {why}") from None
+
 # %% ../nbs/00a_config.ipynb #17a96a9b
 def _read_yaml(path: Path, seen=()) -> dict:
     "Read a preset/config file, resolving `inherit` (by preset name or relative path)."
-    try: data = yaml.safe_load(Path(path).read_text()) or {}
+    try: data = safe_yaml(Path(path).read_text(), f"config file {path}")
     except FileNotFoundError: raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        m = getattr(e, "problem_mark", None)
-        raise ConfigError(f"config file {path}: invalid YAML{f' at line {m.line+1}' if m else ''}: {getattr(e, 'problem', e)}") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError): raise
+        raise ConfigError(f"config file {path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+    if data is None: data = {}  # an empty file: no settings
     if not isinstance(data, dict): raise ConfigError(f"config file {path}: expected a mapping at the top level")
     parent = data.pop("inherit", None)
     if parent is None: return data
@@ -432,8 +504,11 @@ def _read_yaml(path: Path, seen=()) -> dict:
 
 # %% ../nbs/00a_config.ipynb #037b23d8
 def _set_dotted(d: dict, dotted: str, value):
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", dotted): raise ConfigError(f"override key {dotted!r} is not a dotted config key (key.sub=value)")
     *head, last = dotted.split(".")
-    for k in head: d = d.setdefault(k, {})
+    for i, k in enumerate(head):
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict): raise ConfigError(f"override {dotted!r}: config key '{'.'.join(head[:i + 1])}' is a value, not a section")
     d[last] = value
 
 # %% ../nbs/00a_config.ipynb #2a3ea6ca
@@ -450,9 +525,9 @@ def load_config(preset: str = "default",  # a preset name (`vlmssm presets`) or 
     if isinstance(overrides, dict): data = _merge(data, overrides)
     else:
         for o in overrides or []:
-            if "=" not in o: raise ConfigError(f"override {o!r}: expected key.sub=value")
+            if not isinstance(o, str) or "=" not in o: raise ConfigError(f"override {o!r}: expected key.sub=value")
             k, v = o.split("=", 1)
-            _set_dotted(data, k.strip(), yaml.safe_load(v))
+            _set_dotted(data, k.strip(), safe_yaml(v, f"override {o!r}"))
     return validate(from_dict(StudyConfig, _expand(data)))
 
 # %% ../nbs/00a_config.ipynb #a49d8882

@@ -242,8 +242,10 @@ def _valid_box(v) -> list[float] | None:
     return [x1, y1, x2, y2] if all(0 <= c <= 1 for c in v) and x1 < x2 and y1 < y2 else None
 
 # %% ../nbs/10_metrics.ipynb #f20265d7
-_BRACKETED = re.compile(r"[\[\(]\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,"
-                        r"\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*,\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*[\]\)]")
+# A number is `1`, `1.5` or `.5` (optional sign and exponent). Possessive quantifiers (`++`, `*+`) never give digits
+# back, so a long digit run costs one pass instead of a quadratic backtrack (16 KB of digits took seconds before).
+_NUM = r"([-+]?(?:\d++(?:\.\d++)?+|\.\d++)(?:[eE][-+]?\d++)?+)"
+_BRACKETED = re.compile(r"[\[\(]\s*+" + r"\s*+,\s*+".join([_NUM] * 4) + r"\s*+[\]\)]")
 
 def parse_box(text: str,  # generated text
               strict: bool = True,  # True: vlm-evaluation's whole-string `literal_eval`; False: first bracketed 4 numbers
@@ -275,6 +277,7 @@ def grounding_hit(text: str,  # generated text
                   strict: bool = True,  # strict (headline) or lenient (diagnostic) parsing
                  ) -> bool:
     "Whether the generated box matches the ground truth at IoU ≥ τ (unparseable → False)."
+    if not (isinstance(iou, (int, float)) and 0 < iou <= 1): raise ValueError(f"grounding_hit: IoU threshold iou={iou!r} must be in (0, 1] (at τ <= 0 an unparseable answer would count as a hit)")
     return box_iou_from_text(text, box, strict=strict) >= iou
 
 # %% ../nbs/10_metrics.ipynb #fe8a6942

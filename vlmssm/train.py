@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #e39cc6d0
 from __future__ import annotations
-import csv, json, math, random, shutil, time, warnings
+import csv, json, math, random, re, shutil, time, warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,15 +69,24 @@ def load_checkpoint(ckpt_dir, model: nn.Module, optimizer, scheduler) -> dict | 
     "Restore the checkpoint `latest` points to (weights, optimizer, schedule, RNG); returns its state (None if there is none)."
     latest = Path(ckpt_dir) / "latest"
     if not latest.exists(): return None
-    d = Path(ckpt_dir) / latest.read_text().strip()
-    sd = load_file(d / "model.safetensors")
+    try: name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError) as e: raise ValueError(f"checkpoint pointer {latest}: unreadable ({type(e).__name__})") from None
+    if not re.fullmatch(r"step-\d+", name): raise ValueError(f"checkpoint pointer {latest}: {name[:60]!r} is not a checkpoint folder of {ckpt_dir} (step-N)")
+    d = Path(ckpt_dir) / name
+    def part(f, load):  # every part is read before anything is restored: a broken checkpoint changes nothing
+        try: return load(d / f)
+        except Exception as e: raise ValueError(f"checkpoint {d / f}: unreadable, truncated or corrupt? ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})") from None
+    sd = part("model.safetensors", load_file)
+    opt, sch, rng = (part(f, lambda p: torch.load(p, weights_only=True)) for f in ("optimizer.pt", "scheduler.pt", "rng.pt"))
+    state = part("state.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int)): raise ValueError(f"checkpoint {d / 'state.json'}: not a loop state (an object with an integer 'step')")
     want = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(sd) != want: raise ValueError(f"checkpoint {d}: trainable parameters differ from the model's (e.g. {sorted(set(sd) ^ want)[:3]})")
-    model.load_state_dict(sd, strict=False)
-    optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=True))
-    _set_rng_state(torch.load(d / "rng.pt", weights_only=True))
-    return json.loads((d / "state.json").read_text())
+    try:
+        model.load_state_dict(sd, strict=False); optimizer.load_state_dict(opt); scheduler.load_state_dict(sch); _set_rng_state(rng)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"checkpoint {d}: does not fit this run ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]})") from None
+    return state
 
 # %% ../nbs/09_train.ipynb #3a9c2d10
 @dataclass

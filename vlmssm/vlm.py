@@ -332,6 +332,28 @@ def _build_encoder(spec: dict, base: Path = Path(".")):
         torch.manual_seed(e.get("init_seed", 0))
         return create_encoder(e["id"], pretrained=w, **e.get("kwargs", {}))
 
+# %% ../nbs/07_vlm.ipynb #4f9cea71
+def _line(e: BaseException, n: int = 160) -> str: return ((str(e).strip().splitlines() or [type(e).__name__])[0])[:n]
+
+_SAVED = {"parts": list, "prompt_format": str, "image_position": str, "lm_config": dict, "connector": (dict, type(None))}
+
+def _read_saved(path: Path) -> tuple[dict, dict]:
+    "config.json and model.safetensors of a saved VLM, checked before anything is built; one `ValueError` line naming the file."
+    f, w = path / "config.json", path / "model.safetensors"
+    try: cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e: raise ValueError(f"VLM.from_pretrained: {f}: not readable JSON ({type(e).__name__}: {_line(e)})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != "vlmssm-vlm": raise ValueError(f"VLM.from_pretrained: {f} is not a vlmssm VLM (Prismatic runs: VLM.from_prismatic)")
+    for k, tp in _SAVED.items():
+        if not isinstance(cfg.get(k, ...), tp): raise ValueError(f"VLM.from_pretrained: {f}: '{k}' is missing or a {type(cfg.get(k)).__name__}")
+    if not set(cfg["parts"]) <= {"encoder", "connector", "lm"}: raise ValueError(f"VLM.from_pretrained: {f}: parts {cfg['parts']!r} are not encoder/connector/lm")
+    c = cfg["connector"]
+    if c is not None and not (isinstance(c.get("id"), str) and all(isinstance(c.get(k), int) for k in ("in_dim", "out_dim"))):
+        raise ValueError(f"VLM.from_pretrained: {f}: 'connector' needs id, in_dim, out_dim")
+    if "lm" not in cfg["parts"] and not isinstance((cfg.get("lm") or {}).get("source"), str): raise ValueError(f"VLM.from_pretrained: {f}: 'lm.source' is missing (the frozen LM to load)")
+    try: sd = load_file(w)
+    except Exception as e: raise ValueError(f"VLM.from_pretrained: {w}: not a readable checkpoint, truncated or corrupt? ({type(e).__name__}: {_line(e)})") from None
+    return cfg, sd
+
 # %% ../nbs/07_vlm.ipynb #4f9cea75
 @patch(cls_method=True)
 def from_pretrained(cls: VLM, path,  # a directory written by `save_pretrained`
@@ -344,10 +366,10 @@ def from_pretrained(cls: VLM, path,  # a directory written by `save_pretrained`
     path = Path(path)
     if not (path / "config.json").exists() and (path / "model" / "config.json").exists(): path = path / "model"  # a training run dir
     if not (path / "config.json").exists(): raise FileNotFoundError(f"VLM.from_pretrained: {path} has no config.json (not a saved VLM)")
-    cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("format") != "vlmssm-vlm": raise ValueError(f"VLM.from_pretrained: {path}/config.json is not a vlmssm VLM (Prismatic runs: VLM.from_prismatic)")
-    tok = AutoTokenizer.from_pretrained(path / "tokenizer")
-    sd, parts = load_file(path / "model.safetensors"), cfg["parts"]
+    cfg, sd = _read_saved(path)
+    parts = cfg["parts"]
+    try: tok = AutoTokenizer.from_pretrained(path / "tokenizer")
+    except Exception as e: raise ValueError(f"VLM.from_pretrained: {path / 'tokenizer'}: unreadable tokenizer ({type(e).__name__}: {_line(e)})") from None
     if "lm" in parts:
         lmc = AutoConfig.for_model(**cfg["lm_config"])
         with torch.random.fork_rng(devices=[]):
@@ -359,13 +381,14 @@ def from_pretrained(cls: VLM, path,  # a directory written by `save_pretrained`
     conn = None if c is None else Connector(c["id"], c["in_dim"], c["out_dim"], layernorm=c["layernorm"], merge=c["merge"], grid=c["grid"])
     if encoder is None and load_encoder: encoder = _build_encoder(cfg, path)
     spec = {k: v for k, v in cfg.items() if k not in ("format", "version", "parts", "stage", "prompt_format", "image_position", "connector", "lm_config")}
-    vlm = cls(lm, tok, conn, encoder, prompt_format=cfg["prompt_format"], image_position=cfg["image_position"], spec=spec)
+    try: vlm = cls(lm, tok, conn, encoder, prompt_format=cfg["prompt_format"], image_position=cfg["image_position"], spec=spec)
+    except (ValueError, KeyError) as e: raise ValueError(f"VLM.from_pretrained: {path}/config.json: {_line(e)}") from None
     for p in parts:
         if getattr(vlm, p) is None: continue
         sub = {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(p + ".")}
         missing, unexpected = getattr(vlm, p).load_state_dict(sub, strict=False)
         missing = [k for k in missing if not (p == "lm" and k == "lm_head.weight" and lm.config.tie_word_embeddings)]
-        if missing or unexpected: raise ValueError(f"VLM.from_pretrained: {p} weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if missing or unexpected: raise ValueError(f"VLM.from_pretrained: {path / 'model.safetensors'}: {p} weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
     vlm.stage = cfg.get("stage")
     for n in ("encoder", "connector", "lm"):  # restore what trained, so a re-save writes the same parts
         if getattr(vlm, n) is not None: getattr(vlm, n).requires_grad_(n in parts)
@@ -448,7 +471,8 @@ class ChatSession:
         if self.vlm.blind: return
         if isinstance(image, (str, Path)):
             if not Path(image).is_file(): raise FileNotFoundError(f"chat: image {image} not found")
-            image = Image.open(image)
+            from vlmssm.data.formats import read_image
+            image = read_image(image)  # a corrupt or non-image file is one line naming it
         if image is None: raise ValueError("chat: this run has an encoder: give an image")
         self.px = self.vlm.encoder.transform(self.vlm.spec.get("resize") or "letterbox")(image.convert("RGB"))[None]
 

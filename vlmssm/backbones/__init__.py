@@ -53,6 +53,7 @@ def unavailable_encoders() -> dict[str, str]:
 def get_encoder_spec(id: str) -> EncoderSpec:
     "The spec of encoder `id`; unknown ids raise one line naming close matches."
     specs, bad = _registry()
+    if not isinstance(id, str): raise UnknownEncoder(f"encoder id {id!r} is a {type(id).__name__}, not a string; `vlmssm encoders` lists the ids")
     if id in specs: return specs[id]
     if id in bad: raise UnknownEncoder(f"encoder {id!r} cannot be built here: {bad[id]}")
     raise UnknownEncoder(f"unknown encoder {id!r}{did_you_mean(id, specs, n=4, cutoff=0.5)}; "
@@ -73,6 +74,21 @@ def resolve_cfg(model) -> dict:
     from timm.data import resolve_model_data_config
     return resolve_model_data_config(model)
 
+# %% ../../nbs/04e_backbones.registry.ipynb #a6cd7601
+def _check_resolution(id: str, r) -> tuple[int, int]:
+    "An input size `(h, w)` from an int or a pair: positive integers up to 8192, else one `ValueError` line."
+    hw = (r, r) if isinstance(r, int) else tuple(r) if isinstance(r, (tuple, list)) else None
+    if not (hw and len(hw) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 8192 for v in hw)):
+        raise ValueError(f"encoder {id!r}: resolution {r!r} is not a positive int or (height, width) pair of ints <= 8192")
+    return hw
+
+def _check_tap(enc, tap: str):
+    "A user-chosen tap must exist in the model: one forward on the meta device (no compute) raises the tap's own error early."
+    from vlmssm.backbones.core import meta_forward
+    try: meta_forward(enc)
+    except (ValueError, IndexError, KeyError) as e: raise ValueError(f"encoder {enc.id!r}: tap {tap!r}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    except RuntimeError: pass  # a model the meta device cannot run (data-dependent ops): checked at its first real forward
+
 # %% ../../nbs/04e_backbones.registry.ipynb #a6cd760b
 def create_encoder(id: str,                       # registry id (`list_encoders()`)
                    pretrained: str | None = None, # None/"" random, "hub" published weights, or a local checkpoint path
@@ -86,17 +102,20 @@ def create_encoder(id: str,                       # registry id (`list_encoders(
     md = checkpoint_metadata(pretrained) if pretrained and pretrained != "hub" else {}
     if resolution is None and "resolution" in md: resolution = tuple(json.loads(md["resolution"]))  # a study checkpoint knows its size
     if resolution is None and resize: resolution = strategy_input_size(resize, spec.resolution)     # letterbox-square-N → N×N
-    res = tuple(spec.resolution if resolution is None else ((resolution, resolution) if isinstance(resolution, int) else resolution))
+    res = _check_resolution(id, spec.resolution if resolution is None else resolution)
     hub = pretrained == "hub"
     if device == "meta" and pretrained: raise ValueError(f"encoder {id!r}: weights cannot be loaded on the meta device")
     with torch.device(device or "cpu"):
         model = spec.build(spec, hub and spec.fetch is None, res)
     norms, cfg = _norms(spec, model)
     crop = spec.crop_pct if spec.crop_pct is not None else cfg.get("crop_pct", 1.0)
-    enc = Encoder(model, spec.make_tap(model, tap or spec.tap), id=id, family=spec.family, resolution=res,
+    try: tp = spec.make_tap(model, tap or spec.tap)
+    except (ValueError, IndexError, KeyError) as e: raise ValueError(f"encoder {id!r}: tap {tap or spec.tap!r}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    enc = Encoder(model, tp, id=id, family=spec.family, resolution=res,
                   mean=norms[0][0], std=norms[0][1], norms=norms, interpolation=cfg.get("interpolation", "bicubic"),
                   crop_pct=crop, resize=resize or spec.resize, resize_mode=spec.resize_mode, head=spec.head, dynamic=spec.dynamic)
     enc.tap_spec, enc.probe_size = tap or spec.tap, tuple(spec.probe or res)
+    if tap and tap != spec.tap and device != "meta": _check_tap(enc, tap)
     if hub and spec.fetch is not None: load_weights(enc, spec.fetch(spec), spec.filter_fn)
     elif pretrained and not hub:
         path = Path(pretrained).expanduser()

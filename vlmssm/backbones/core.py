@@ -379,7 +379,9 @@ def load_weights(enc: Encoder, path, filter_fn: Callable | None = None) -> Encod
     "Load a checkpoint into `enc`; only classifier weights may be missing, unexpected or differently shaped."
     sd = unwrap_state_dict(read_checkpoint(path))
     if not checkpoint_metadata(path):                       # an official / foreign layout: the family's filter, then `model.`
-        if filter_fn is not None: sd = filter_fn(sd, enc.model)
+        if filter_fn is not None:
+            try: sd = filter_fn(sd, enc.model)
+            except Exception as e: raise WeightsError(f"weights {path} do not fit encoder {enc.id!r}: its checkpoint filter failed ({type(e).__name__}: {_first_line(e)})") from None
         sd = {f"model.{k}": v for k, v in sd.items()}
     own, clf = enc.state_dict(), classifier_prefixes(enc)
     sd = {k: v for k, v in sd.items() if not (k.startswith(clf) and (k not in own or own[k].shape != v.shape))}

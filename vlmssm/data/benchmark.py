@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from ..utils import Progress, atomic_dir, file_sha256
 from .scenes import SPLITS, categories, check_data_config, generate_scene, scene_seed
 from .tasks import FAMILIES, scene_to_tasks, to_conversations
-from .formats import (DataFormatError, read_cls_index, read_coco, read_json, read_llava, read_mask, read_refcoco,
+from .formats import (DataFormatError, resolve_in, read_cls_index, read_coco, read_json, read_llava, read_mask, read_refcoco,
                                  read_seg_folder, read_vqa, write_cls_index, write_coco, write_image, write_json, write_llava,
                                  write_mask, write_refcoco, write_vqa)
 
@@ -143,10 +143,10 @@ class Benchmark:
 def path(self: Benchmark, kind: str, split: str | None = None) -> Path:
     "Path of a file or folder: kind in images, masks, instances, llava, vqa_questions, vqa_annotations, coco (per split), refcoco, classification."
     f = self.meta["files"]
-    if kind in ("refcoco", "classification"): return self.root/f[kind]
+    if kind in ("refcoco", "classification"): return resolve_in(self.root, f[kind], f"{self.root/'benchmark.json'}: files.{kind}")
     if split not in f["splits"]: raise KeyError(f"unknown split {split!r}; valid: {', '.join(f['splits'])}")
     if kind not in f["splits"][split]: raise KeyError(f"unknown kind {kind!r}; valid: {', '.join(list(f['splits'][split]) + ['refcoco', 'classification'])}")
-    return self.root/f["splits"][split][kind]
+    return resolve_in(self.root, f["splits"][split][kind], f"{self.root/'benchmark.json'}: files.splits.{split}.{kind}")  # an index may not lead outside
 
 # %% ../../nbs/01c_data.benchmark.ipynb #db7bf624
 @patch
@@ -171,7 +171,27 @@ def load_benchmark(root) -> Benchmark:
         raise DataFormatError(f"{root/'benchmark.json'}: not a {FORMAT} benchmark (format {meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != VERSION:
         raise DataFormatError(f"{root/'benchmark.json'}: version {meta.get('version')!r}, this vlmssm reads version {VERSION}; regenerate it")
-    return Benchmark(root, meta)
+    return Benchmark(root, _check_meta(meta, root))
+
+_KINDS = ("images", "masks", "instances", "llava", "vqa_questions", "vqa_annotations", "coco")  # what `write_benchmark` lists per split
+
+def _check_meta(meta: dict, root: Path) -> dict:
+    "The index's structure (file entries are strings inside `root`, counts are integers); one line naming the entry."
+    where = root/"benchmark.json"
+    def need(d, k, tp, at):
+        v = d.get(k) if isinstance(d, dict) else None
+        if not isinstance(v, tp) or isinstance(v, bool): raise DataFormatError(f"{where}: {at}{k} should be {tp.__name__}, got {type(v).__name__}")
+        return v
+    for k, tp in dict(categories=list, classes=list, shapes=list, colors=list, sizes=list, config=dict, counts=dict, files=dict).items(): need(meta, k, tp, "")
+    f = meta["files"]
+    for k in ("refcoco", "classification"): resolve_in(root, need(f, k, str, "files."), f"{where}: files.{k}")
+    for s in SPLITS:  # every split names every kind of file, inside the root
+        kinds = need(need(f, "splits", dict, "files."), s, dict, "files.splits.")
+        for k in _KINDS: resolve_in(root, need(kinds, k, str, f"files.splits.{s}."), f"{where}: files.splits.{s}.{k}")
+        need(need(meta["counts"], s, dict, "counts."), "scenes", int, f"counts.{s}.")
+    for s, c in meta["counts"].items():
+        for k in need(meta["counts"], s, dict, "counts."): need(c, k, int, f"counts.{s}.")
+    return meta
 
 # %% ../../nbs/01c_data.benchmark.ipynb #3d47d517
 def tree_hash(root) -> str:

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01b_data.formats.ipynb #6311094a
 from __future__ import annotations
-import csv, io, json, os, pickle
+import csv, io, json, math, os, pickle
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +16,8 @@ from ..utils import atomic_write
 __all__ = ['IMAGE_EXTS', 'LIST_COLS', 'DataFormatError', 'PathEscapeError', 'resolve_in', 'read_json', 'write_json',
            'LlavaRecord', 'write_llava', 'read_llava', 'VQARecord', 'write_vqa', 'read_vqa', 'DetRecord', 'write_coco',
            'read_coco', 'RefRecord', 'load_refs_pickle', 'write_refcoco', 'read_refcoco', 'convert_refcoco',
-           'write_image', 'write_mask', 'read_mask', 'SegRecord', 'read_seg_folder', 'ClsRecord', 'write_cls_index',
-           'read_cls_index', 'read_imagefolder']
+           'write_image', 'write_mask', 'read_image', 'read_mask', 'SegRecord', 'read_seg_folder', 'ClsRecord',
+           'write_cls_index', 'read_cls_index', 'read_imagefolder']
 
 # %% ../../nbs/01b_data.formats.ipynb #5678aec5
 class DataFormatError(ValueError):
@@ -33,11 +33,18 @@ def resolve_in(root,  # the directory paths must stay inside
                what: str = "path",  # what the path is, for the error message
               ) -> Path:
     "Resolve `rel` against `root` (following symlinks) and check that it stays inside `root`."
-    if not isinstance(rel, (str, os.PathLike)) or not str(rel): raise DataFormatError(f"{what} {rel!r} is not a non-empty path")
-    r = Path(root).resolve()
-    p = (r/rel).resolve()
-    if p != r and r not in p.parents: raise PathEscapeError(f"{what} {str(rel)!r} escapes its root {r}")
+    if not isinstance(rel, (str, os.PathLike)) or not str(rel): raise DataFormatError(f"{what} {_short(rel)} is not a non-empty path")
+    if "\x00" in str(rel): raise DataFormatError(f"{what} {_short(str(rel))} contains a NUL byte")
+    try: r = Path(root).resolve(); p = (r/rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long for the filesystem
+        raise DataFormatError(f"{what} {_short(str(rel))} cannot be resolved under {root}: {getattr(e, 'strerror', None) or e}") from None
+    if p != r and r not in p.parents: raise PathEscapeError(f"{what} {_short(str(rel))} escapes its root {r}")
     return p
+
+def _short(v, n: int = 120) -> str:
+    "repr of `v`, cut to `n` characters (error messages stay one readable line)."
+    s = repr(v)
+    return s if len(s) <= n else s[:n - 5] + "…" + s[-4:]
 
 # %% ../../nbs/01b_data.formats.ipynb #a2e8a0b4
 def read_json(path, what: str = "JSON file"):
@@ -47,8 +54,13 @@ def read_json(path, what: str = "JSON file"):
     except FileNotFoundError: raise DataFormatError(f"{what} not found: {path}") from None
     except IsADirectoryError: raise DataFormatError(f"{what} {path} is a directory, not a file") from None
     except UnicodeDecodeError as e: raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    try: return json.loads(text)
+    except (OSError, ValueError) as e: raise DataFormatError(f"{what} {path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+    try: return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e: raise DataFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError: raise DataFormatError(f"{path}: invalid JSON: nested too deeply") from None
+    except ValueError as e: raise DataFormatError(f"{path}: invalid JSON: {str(e).splitlines()[0]}") from None  # NaN, a 5,000-digit number
+
+def _no_constant(name): raise ValueError(f"{name} is not a JSON number")
 
 def write_json(obj, path, indent: int | None = None) -> Path:
     "Write JSON atomically (UTF-8, compact unless `indent`, key order as given)."
@@ -175,7 +187,7 @@ def read_vqa(questions_path, annotations_path=None,  # annotations may be omitte
         text = _need(q, "question", str, questions_path, w)
         if files and iid not in files: raise _bad(questions_path, w, f"image_id {iid} is not in 'images'")
         img = files[iid] if files else (pattern.format(data_subtype=sub, image_id=iid) if sub or image_pattern else None)
-        p = resolve_in(image_root, img, f"{questions_path}: {w}: image") if (img and image_root is not None) else None
+        p = resolve_in(image_root, img, f"{questions_path}: {w}: image") if (img is not None and image_root is not None) else None
         a = anns.get(qid)
         if annotations_path is not None and a is None: raise _bad(annotations_path, f"question_id {qid}", "has no annotation")
         answers = [x["answer"] for x in a["answers"]] if a else []
@@ -211,10 +223,17 @@ def write_coco(images: list[dict], annotations: list[dict], categories: list[dic
 # %% ../../nbs/01b_data.formats.ipynb #6b7e6359
 _COCO_ANN = {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"}
 
-def _check_bbox(b, path, where):
+def _check_bbox(b, path, where, size=None,  # the image's (width, height): the box must lie inside it (1 px slack)
+               ):
+    "A COCO [x, y, w, h] box that some image can have: finite, x, y >= 0, w, h > 0 (and inside `size`)."
     if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
-        raise _bad(path, where, f"'bbox' should be 4 numbers [x, y, w, h], got {b!r}")
+        raise _bad(path, where, f"'bbox' should be 4 numbers [x, y, w, h], got {_short(b)}")
+    if not all(math.isfinite(v) for v in b): raise _bad(path, where, f"'bbox' has a non-finite number: {b!r}")
     if b[2] < 0 or b[3] < 0: raise _bad(path, where, f"'bbox' has a negative width or height: {b!r}")
+    if b[2] == 0 or b[3] == 0: raise _bad(path, where, f"'bbox' has zero width or height: {b!r}")
+    if b[0] < 0 or b[1] < 0: raise _bad(path, where, f"'bbox' starts left of or above the image: {b!r}")
+    if size is not None and (b[0] + b[2] > size[0] + 1 or b[1] + b[3] > size[1] + 1):
+        raise _bad(path, where, f"'bbox' {b!r} is not inside its {size[0]}x{size[1]} image")
     return b
 
 def _coco_images(d, path):
@@ -223,6 +242,7 @@ def _coco_images(d, path):
         w = f"images[{i}]"
         iid = _need(im, "id", int, path, w)
         ims[iid] = (_need(im, "file_name", str, path, w), _need(im, "width", int, path, w), _need(im, "height", int, path, w))
+        if ims[iid][1] <= 0 or ims[iid][2] <= 0: raise _bad(path, w, f"image size {ims[iid][1]}x{ims[iid][2]} is not positive")
     return ims
 
 # %% ../../nbs/01b_data.formats.ipynb #5cac709a
@@ -238,7 +258,7 @@ def read_coco(path, image_root=None) -> tuple[list[DetRecord], list[dict]]:
         iid, cid = _need(a, "image_id", int, path, w), _need(a, "category_id", int, path, w)
         if iid not in ims: raise _bad(path, w, f"image_id {iid} is not in 'images'")
         if cid not in cat_ids: raise _bad(path, w, f"category_id {cid} is not in 'categories'")
-        _check_bbox(_need(a, "bbox", list, path, w), path, w)
+        _check_bbox(_need(a, "bbox", list, path, w), path, w, ims[iid][1:])
         by[iid].append(a)
     out = []
     for iid, (fn, W, H) in ims.items():
@@ -285,7 +305,7 @@ def load_refs_pickle(path) -> list:
     try:
         with open(path, "rb") as f: data = _DataOnlyUnpickler(f, encoding="utf-8", errors="replace").load()
     except FileNotFoundError: raise DataFormatError(f"refs pickle not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e: raise DataFormatError(f"{path}: unreadable refs pickle: {e}") from None
+    except Exception as e: raise DataFormatError(f"{path}: unreadable refs pickle ({type(e).__name__}: {str(e)[:200]})") from None  # truncated, garbage, a refused global
     return data
 
 # %% ../../nbs/01b_data.formats.ipynb #bb54b09d
@@ -305,11 +325,12 @@ def read_refcoco(path,  # one JSON with images/annotations/refs, or a refs file 
     refs = d if isinstance(d, list) else _need(d, "refs", list, path, "top level")
     inst, ipath = (d, path) if instances is None else (read_json(instances, "COCO instances JSON"), instances)
     if not isinstance(inst, dict) or "images" not in inst:
-        raise DataFormatError(f"{path}: has no 'images'/'annotations'; pass instances= the COCO instances JSON")
+        raise DataFormatError(f"{ipath}: has no 'images'/'annotations'" + ("; pass instances= the COCO instances JSON" if instances is None else ""))
     ims = _coco_images(inst, ipath)
     anns = {}
     for i, a in enumerate(_need(inst, "annotations", list, ipath, "top level")):
-        anns[_need(a, "id", int, ipath, f"annotations[{i}]")] = _check_bbox(_need(a, "bbox", list, ipath, f"annotations[{i}]"), ipath, f"annotations[{i}]")
+        w, iid = f"annotations[{i}]", _need(a, "image_id", int, ipath, f"annotations[{i}]", optional=True)
+        anns[_need(a, "id", int, ipath, w)] = _check_bbox(_need(a, "bbox", list, ipath, w), ipath, w, ims[iid][1:] if iid in ims else None)
     out = []
     for i, r in enumerate(refs):
         w = f"refs[{i}]"
@@ -323,7 +344,7 @@ def read_refcoco(path,  # one JSON with images/annotations/refs, or a refs file 
         for j, s in enumerate(_need(r, "sentences", list, path, w)):
             out.append(RefRecord(_need(s, "sent_id", int, path, f"{w} sentences[{j}]"), _need(r, "ref_id", int, path, w), aid, iid,
                                  fn, W, H, _need(s, "sent", str, path, f"{w} sentences[{j}]"), list(anns[aid]), sp,
-                                 int(r.get("category_id", 0)), p))
+                                 _need(r, "category_id", int, path, w, optional=True) or 0, p))
     return out
 
 # %% ../../nbs/01b_data.formats.ipynb #f254c172
@@ -354,11 +375,23 @@ def write_mask(mask: np.ndarray, path) -> Path:
     Image.fromarray(m, mode="L").save(path, format="PNG", compress_level=6)
     return path
 
+def _open_image(path, what: str) -> Image.Image:
+    "Open and fully decode an image file; anything wrong (missing, truncated, not an image, a decompression bomb) is one line."
+    try:
+        with Image.open(path) as im: im.load(); out = im.copy()  # decode now: a truncated file fails here, not in a caller
+    except FileNotFoundError: raise DataFormatError(f"{what} not found: {path}") from None
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError, EOFError, MemoryError) as e:
+        raise DataFormatError(f"{path}: unreadable {what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})") from None
+    if min(out.size) <= 0: raise DataFormatError(f"{path}: {what} has size {out.size[0]}x{out.size[1]}")
+    return out
+
+def read_image(path) -> Image.Image:
+    "An RGB image from a file (every PIL format); one-line `DataFormatError` naming the file if it cannot be read."
+    return _open_image(path, "image").convert("RGB")
+
 def read_mask(path) -> np.ndarray:
     "A (H, W) uint8 id mask from a single-channel (L or P) PNG."
-    try: im = Image.open(path)
-    except FileNotFoundError: raise DataFormatError(f"mask not found: {path}") from None
-    except OSError as e: raise DataFormatError(f"{path}: unreadable image ({e})") from None
+    im = _open_image(path, "mask")
     if im.mode not in ("L", "P"): raise DataFormatError(f"{path}: mask mode is {im.mode}, expected single-channel ids (L or P)")
     return np.asarray(im, np.uint8)
 
@@ -422,14 +455,18 @@ def read_cls_index(path, image_root=None,  # folder the `file` column is relativ
     "Read a classification index CSV (`file,label,label_name,split,…`)."
     try: text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError: raise DataFormatError(f"classification index not found: {path}") from None
-    rd = csv.DictReader(io.StringIO(text))
-    miss = [c for c in ("file", "label") if c not in (rd.fieldnames or [])]
-    if miss: raise DataFormatError(f"{path}: missing column(s) {', '.join(miss)}; header is {rd.fieldnames}")
+    except (OSError, ValueError) as e: raise DataFormatError(f"{path}: unreadable classification index ({getattr(e, 'strerror', None) or str(e)[:120]})") from None
+    try: rows = list(csv.DictReader(io.StringIO(text)))
+    except csv.Error as e: raise DataFormatError(f"{path}: not a CSV file ({e})") from None
+    fields = list(rows[0]) if rows else next(csv.reader(io.StringIO(text)), [])
+    miss = [c for c in ("file", "label") if c not in fields]
+    if miss: raise DataFormatError(f"{path}: missing column(s) {', '.join(miss)}; header is {_short(fields)}")
     out = []
-    for i, r in enumerate(rd, start=2):
+    for i, r in enumerate(rows, start=2):
         if split is not None and r.get("split", "") != split: continue
         try: lab = int(r["label"])
         except (TypeError, ValueError): raise DataFormatError(f"{path}: line {i}: label {r['label']!r} is not an integer") from None
+        if lab < 0: raise DataFormatError(f"{path}: line {i}: label {lab} is negative (labels are 0-based class indices)")
         extra = {k: _cell(v or "", k in list_cols, path, i, k) for k, v in r.items() if k not in _CLS_COLS}
         p = resolve_in(image_root, r["file"], f"{path}: line {i}: file") if image_root is not None else None
         out.append(ClsRecord(r["file"], lab, r.get("label_name") or str(lab), r.get("split", ""), extra, p))

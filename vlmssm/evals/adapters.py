@@ -8,7 +8,7 @@ import csv, json, os, posixpath
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
-from ..data.formats import DataFormatError, _bad, _need, read_json, read_refcoco, read_vqa, resolve_in
+from ..data.formats import DataFormatError, _bad, _need, _no_constant, read_json, read_refcoco, read_vqa, resolve_in
 from .core import METRICS, EvalItem, subset
 from ..utils import did_you_mean
 
@@ -94,7 +94,7 @@ _DIRS: dict = {}  # (root, folder) → resolved folder: resolving each distinct 
 def _image(task: str, root: Path, rel, where: str) -> str:
     "An image path relative to `root` (checked not to escape it, symlinks followed), as the posix key of the feature cache."
     what = f"task {task!r}: {where}: image"
-    if not isinstance(rel, str) or not rel: resolve_in(root, rel, what)  # the formats module's one-line error
+    if not isinstance(rel, str) or not rel or "\x00" in rel: resolve_in(root, rel, what)  # the formats module's one-line error
     raw = rel.replace(os.sep, "/")
     key = posixpath.normpath(raw)
     parent, name = posixpath.split(key)
@@ -109,11 +109,15 @@ def _image(task: str, root: Path, rel, where: str) -> str:
 def _read_jsonl(task: str, path: Path) -> list:
     "A JSON-lines file (blank lines skipped); a bad line is a one-line error naming the file and the line."
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise DataFormatError(f"{path}: line {n}: invalid JSON: {e.msg}") from None
+    try: lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e: raise DataFormatError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e: raise DataFormatError(f"task {task!r}: {path}: unreadable ({e.strerror or e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: out.append(json.loads(line, parse_constant=_no_constant))
+        except json.JSONDecodeError as e: raise DataFormatError(f"{path}: line {n}: invalid JSON: {e.msg}") from None
+        except (ValueError, RecursionError) as e: raise DataFormatError(f"{path}: line {n}: invalid JSON: {'nested too deeply' if isinstance(e, RecursionError) else str(e)[:120]}") from None
+    if not out: raise DataFormatError(f"task {task!r}: {path} holds no records (an empty or interrupted download?)")
     return out
 
 # %% ../../nbs/11a_evals.adapters.ipynb #c3a00013

@@ -4,6 +4,7 @@
 
 # %% ../../nbs/11_evals.core.ipynb #cf2ca686
 from __future__ import annotations
+import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 import numpy as np
@@ -61,6 +62,21 @@ class EvalItem:
         if self.kind == "choice" and self.answer not in self.options: raise ValueError(f"item {self.id!r}: answer {self.answer!r} is not one of its options {self.options!r}")
         if self.option_tokens is not None and len(self.option_tokens) != len(self.options or []):
             raise ValueError(f"item {self.id!r}: {len(self.option_tokens)} option tokens for {len(self.options or [])} options")
+        _check_values(self)
+
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _check_values(it):
+    "Values no item can have: τ outside (0, 1], a box that is not a box, image sizes <= 0, non-string answers (one line)."
+    bad = lambda msg: ValueError(f"item {it.id!r}: {msg}")
+    if not (_num(it.tau) and 0 < it.tau <= 1): raise bad(f"IoU threshold tau={it.tau!r} must be in (0, 1] (at tau <= 0 an unparseable answer would be a hit)")
+    if it.box is not None:
+        b = list(it.box) if isinstance(it.box, (list, tuple)) else None
+        if not (b and len(b) == 4 and all(map(_num, b)) and b[0] < b[2] and b[1] < b[3] and all(-0.01 <= v <= 1.01 for v in b)):
+            raise bad(f"box {it.box!r} is not [x1, y1, x2, y2] with x1 < x2, y1 < y2, normalised to [0, 1]")
+    if it.image_size is not None and not (isinstance(it.image_size, (list, tuple)) and len(it.image_size) == 2 and all(_num(v) and v > 0 for v in it.image_size)):
+        raise bad(f"image_size {it.image_size!r} is not a positive (width, height)")
+    if not (isinstance(it.answers, (list, tuple)) and all(isinstance(a, str) for a in it.answers)): raise bad(f"answers {it.answers!r} must be a list of strings")
 
 def subset(items: Sequence, n: int, seed: int = 0) -> list:
     "A fixed, seeded subset of `n` items in their original order (all of them if `n` is 0 or not smaller)."

@@ -153,8 +153,8 @@ class EncodedImages:
     def __init__(self, encoder, transform, root, device="cpu"): self.encoder, self.tf, self.root, self.device = encoder, transform, Path(root), device
     @torch.no_grad()
     def get(self, ids: Sequence[str]) -> torch.Tensor:
-        from PIL import Image
-        px = torch.stack([self.tf(Image.open(self.root / i).convert("RGB")) for i in ids]).to(self.device)
+        from vlmssm.data.formats import read_image  # a corrupt or truncated image is one line naming the file
+        px = torch.stack([self.tf(read_image(self.root / i)) for i in ids]).to(self.device)
         return self.encoder.eval()(px).float()
 
 def job_features(vlm, enc_id: str, job: EvalJob, titems: Sequence[TaskItem]):
