@@ -12,7 +12,7 @@ learning rate):
 | path    | tokens per step                                                     | attention | precision on CPU           |
 |---------|---------------------------------------------------------------------|-----------|----------------------------|
 | before  | random batches of 16 padded to their longest (332 tokens on average) | sdpa      | bf16 (the old default)     |
-| after   | boilerplate phrases one token each, length-grouped batches (~116)    | eager     | auto: bf16 only if native  |
+| after   | boilerplate phrases one token each, random batches packed (~133)     | eager     | auto: bf16 only if native  |
 
 For each path the embedded LM is built (tokenizer + text pretraining: a per-study cost, reported apart) and then one run
 job is timed end to end as the study runs it (`vlmssm.vlm_runs.run_job`: set-up, training, validation, saving). The
