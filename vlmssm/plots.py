@@ -167,7 +167,8 @@ def plot_correlations(models: pd.DataFrame,  # `analysis.paper_table` / `study_t
             _fit_band(ax, m[pr].to_numpy(float), m[oc].to_numpy(float), pr in LOG_PREDICTORS)
             if pr in LOG_PREDICTORS and len(m) and m[pr].min() > 0:
                 from matplotlib.ticker import EngFormatter, NullFormatter
-                ax.set_xscale("log"); ax.xaxis.set_major_formatter(EngFormatter()); ax.xaxis.set_minor_formatter(NullFormatter())
+                narrow = m[pr].max() / m[pr].min() < 10                   # within one decade: label the minor ticks instead
+                ax.set_xscale("log"); ax.xaxis.set_major_formatter(EngFormatter()); ax.xaxis.set_minor_formatter(EngFormatter() if narrow else NullFormatter())
             c = corr[(corr.predictor == pr) & (corr.outcome == oc)].set_index("method")
             lines = [f"{k[0].upper()} {r.r:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p:.3f}" if pd.notna(r.r) else f"{k}: {r.note}"
                      for k, r in c.iterrows()]
