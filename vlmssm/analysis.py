@@ -127,9 +127,10 @@ def parse_count(v) -> float:
     except ValueError: raise ValueError(f"parse_count: {v!r} is not a count like 22M or 4150") from None
 
 def data_dir() -> Path:
-    "The repository's shipped `data/` folder (paper table, encoder facts)."
-    p = Path(__file__).resolve().parents[1] / "data"
-    if not (p / "paper_results.csv").exists(): raise FileNotFoundError(f"data: {p}/paper_results.csv not found (run from a vlmssm checkout)")
+    "The shipped `data/` folder (paper table, encoder facts): the checkout's, or `$VLMSSM_DATA_DIR` (as `vlmssm.pretrain`)."
+    from vlmssm.pretrain import encoders_csv_path
+    p = encoders_csv_path().parent
+    if not (p / "paper_results.csv").exists(): raise FileNotFoundError(f"data: {p}/paper_results.csv not found (set VLMSSM_DATA_DIR to the folder holding it)")
     return p
 
 # %% ../nbs/14_analysis.ipynb #c0a10013

@@ -282,6 +282,8 @@ def findings_markdown(res: dict,  # `findings_study(...)`
         L += ["What each n can show (α = 0.05, two-sided): the |r| a Pearson test needs for p < 0.05, the smallest true correlation it "
               "finds with 80% power (bivariate normal, simulated; Fisher-z approximation beside it), and the smallest p an exact "
               "permutation test can give.\n", md_table(p[["n", "r_critical", "rho_detectable", "rho_detectable_fisher", "min_exact_p"]])]
+    figs50 = [f for f in ("fig1_paper", "fig1_study", "correlations_paper", "correlations_study") if (rd / "50_correlation" / "figures" / f"{f}.png").exists()]
+    L += [f"![{f}](../50_correlation/figures/{f}.png)\n" for f in figs50]
     for f, title in (("F1", "SSM ≥ ViT at matched ImageNet initialization, most in localization"), ("F2", "dense-task tuning helps"),
                      ("F3", "ImageNet accuracy and size do not predict the VLM score"), ("F4", "collapse in localization and its recovery")):
         g = t[t.finding == f]
