@@ -230,13 +230,14 @@ def stage_records(run_dir) -> pd.DataFrame:
         rows.append(dict(stage=m.parent.name, status=j.get("status", ""), seconds=j.get("seconds"), started=j.get("started", ""), commit=j.get("git_commit", "")))
     return pd.DataFrame(rows, columns=["stage", "status", "seconds", "started", "commit"])
 
-def artifact_links(run_dir, here: str = "80_findings") -> pd.DataFrame:
-    "Every figure (PNG, with its PDF) and top-level CSV of every stage, as links relative to stage `here`'s folder."
-    rows = []
-    for d in sorted(p for p in Path(run_dir).glob("[0-9][0-9]_*") if p.is_dir()):
-        pre = "" if d.name == here else f"../{d.name}/"
-        rows += [dict(stage=d.name, kind="table", name=f.name, link=f"{pre}{f.name}") for f in sorted(d.glob("*.csv"))]
-        rows += [dict(stage=d.name, kind="figure", name=f.stem, link=f"{pre}figures/{f.name}") for f in sorted((d / "figures").glob("*.png"))]
+def artifact_links(run_dir, here: str = "80_findings", here_dir=None) -> pd.DataFrame:
+    "Every figure (PNG, with its PDF) and top-level CSV of every stage, as links relative to stage `here`'s folder (its files from `here_dir`, the running stage's work folder)."
+    rows, stages = [], {p.name: p for p in Path(run_dir).glob("[0-9][0-9]_*") if p.is_dir()}
+    if here_dir is not None: stages[here] = Path(here_dir)
+    for name, d in sorted(stages.items()):
+        pre = "" if name == here else f"../{name}/"
+        rows += [dict(stage=name, kind="table", name=f.name, link=f"{pre}{f.name}") for f in sorted(d.glob("*.csv"))]
+        rows += [dict(stage=name, kind="figure", name=f.stem, link=f"{pre}figures/{f.name}") for f in sorted((d / "figures").glob("*.png"))]
     return pd.DataFrame(rows, columns=["stage", "kind", "name", "link"])
 
 # %% ../nbs/14c_findings.ipynb #f1000029
@@ -254,7 +255,9 @@ def _test_table(t: pd.DataFrame) -> pd.DataFrame:
                              seeds=t.get("seeds", ""), verdict=t.verdict, note=t.get("note", "")))
 
 def findings_markdown(res: dict,  # `findings_study(...)`
-                      cfg, run_dir, versions: dict | None = None, figures: dict | None = None) -> str:
+                      cfg, run_dir, versions: dict | None = None, figures: dict | None = None,
+                      here_dir=None,  # this stage's own (work) folder: its files are listed from there
+                     ) -> str:
     "The study's results summary: configuration, stages and wall time, headline, correlations, F1–F4, Fig. 2, every link."
     rd, t = Path(run_dir), res["tests"]
     L = [f"# Findings · study `{cfg.name}`\n", f"{cfg.description}\n" if cfg.description else "",
@@ -266,6 +269,7 @@ def findings_markdown(res: dict,  # `findings_study(...)`
          f"VLM {cfg.train.steps} steps × {cfg.train.global_batch}; CI level {cfg.eval.ci_level}, {cfg.eval.bootstrap} bootstrap resamples.\n"]
     if versions: L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
     st = stage_records(rd)
+    st = st[st.stage != "80_findings"]                                      # a previous run's record; this run's is in its manifest
     if len(st): L += [md_table(st.assign(minutes=(st.seconds / 60).round(2))[["stage", "status", "minutes", "started", "commit"]]),
                       f"Total of the finished stages: {st.seconds.sum() / 60:.1f} min (this stage's own time is in its manifest).\n"]
     agg = rd / "40_evaluate" / "aggregates.csv"
@@ -297,7 +301,7 @@ def findings_markdown(res: dict,  # `findings_study(...)`
     L.append("## Fig. 2 · token-region similarity and boxes\n")
     for name, link in (figures or {}).items(): L.append(f"![{name}]({link})\n")
     if res.get("missing"): L += ["## Missing inputs\n"] + [f"- {m}" for m in res["missing"]] + [""]
-    links = artifact_links(rd)
+    links = artifact_links(rd, here_dir=here_dir)
     L += ["## Every figure and table of the study\n", md_table(links.assign(link=[f"[{n}]({l})" for n, l in zip(links.name, links.link)])[["stage", "kind", "link"]])]
     return "\n".join(x for x in L if x is not None)
 
