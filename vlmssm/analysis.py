@@ -217,5 +217,5 @@ def correlation_study(cfg,  # the study (`eval.bootstrap`, `eval.ci_level`, `see
     if not have: log(f"no stage-40 aggregates in {eval_dir}: the study's correlations are not computed")
     corr = pd.concat([correlation_table(t, **kw).assign(table=name) for name, t in (("paper", paper), ("study", study)) if len(t)], ignore_index=True)
     ns = sorted(set(corr.n))
-    power = pd.DataFrame([n_power(int(n), 1 - ev.ci_level, seed=cfg.seed) for n in ns if n >= 2])
+    power = pd.DataFrame([n_power(int(n), round(1 - ev.ci_level, 12), seed=cfg.seed) for n in ns if n >= 2])
     return dict(paper=paper, study=study, correlations=corr[["table"] + [c for c in corr if c != "table"]], power=power)
