@@ -75,6 +75,7 @@ class EncoderEntry:
     weights: str = ""  # "" = as pretrained by stage 10_pretrain (pico) or random; "hub" = the published weights; or a local file
     tap: str = ""  # "" = the paper's tap (ViTs `block -2`, hierarchical `stage 3`); e.g. "block -1", "stage 4", "stage 3 layer 10"
     resize: str = ""  # "" = the encoder's own strategy (the authors' per-family letterbox); or letterbox | resize-naive | resize-crop | fit-pad | letterbox-square-N
+    seeds: list[int] = field(default_factory=list)  # VLM-run seeds of this encoder ([] = the study's `seeds`; else a subset of them, e.g. one seed for extra families)
 
 # %% ../nbs/00a_config.ipynb #458a4303
 @dataclass
@@ -345,6 +346,8 @@ def _positive(cfg: StudyConfig):
     if cfg.train.global_batch % cfg.train.per_device_batch:
         raise ConfigError(f"config key 'train.global_batch': {cfg.train.global_batch} is not a multiple of train.per_device_batch={cfg.train.per_device_batch}")
     if not cfg.seeds: raise ConfigError("config key 'seeds': needs at least one seed")
+    for i, e in enumerate(cfg.encoders):
+        if not set(e.seeds) <= set(cfg.seeds): raise ConfigError(f"config key 'encoders[{i}].seeds': {e.seeds} must be among the study's seeds {cfg.seeds} (the blind baseline runs at those)")
     _check_eval(cfg.eval)
 
 def _check_eval(ev):

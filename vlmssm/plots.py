@@ -7,8 +7,9 @@ from __future__ import annotations
 import pandas as pd
 
 # %% auto #0
-__all__ = ['BASELINES', 'plot_learning_curves', 'plot_top1_speed', 'plot_loss_curves', 'plot_val_scores', 'plot_eval_scores',
-           'plot_task_breakdown', 'plot_difference_heatmap']
+__all__ = ['BASELINES', 'SCORE_LABELS', 'PRETRAIN_MARKERS', 'plot_learning_curves', 'plot_top1_speed', 'plot_loss_curves',
+           'plot_val_scores', 'plot_eval_scores', 'plot_task_breakdown', 'plot_difference_heatmap', 'plot_correlations',
+           'plot_fig1', 'plot_similarity_maps']
 
 # %% ../nbs/14a_plots.ipynb #95fb2c7d
 def plot_learning_curves(curves: pd.DataFrame,  # `analysis.learning_curves(...)`
@@ -129,4 +130,98 @@ def plot_difference_heatmap(differences: pd.DataFrame,  # `evals.study.pairwise_
     ax.set(title=f"{metric}: row − column (points, 95% CI)", xlabel="column model", ylabel="row model")
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #c0a20002
+import numpy as np
+
+SCORE_LABELS = {"vqa": "Weighted VQA", "loc": "Weighted Loc", "overall": "Weighted Overall"}
+PRETRAIN_MARKERS = {"classification": "o", "detection": "s", "segmentation": "^", "collapsed": "X"}  # Fig. 1's legend
+
+def _fit_band(ax, x, y, logx: bool, color="C3"):
+    "Least-squares line of y on x (log10 x if `logx`) with its 95% confidence band (t-based), drawn on `ax`."
+    from scipy import stats
+    u = np.log10(x) if logx else x
+    if len(u) < 3 or np.ptp(u) == 0: return
+    b, a = np.polyfit(u, y, 1); res = y - (a + b * u); n = len(u)
+    s = np.sqrt((res ** 2).sum() / (n - 2)); g = np.linspace(u.min(), u.max(), 50)
+    half = stats.t.ppf(0.975, n - 2) * s * np.sqrt(1 / n + (g - u.mean()) ** 2 / ((u - u.mean()) ** 2).sum())
+    gx = 10 ** g if logx else g
+    ax.plot(gx, a + b * g, color=color, lw=1); ax.fill_between(gx, a + b * g - half, a + b * g + half, color=color, alpha=0.15, lw=0)
+
+def plot_correlations(models: pd.DataFrame,  # `analysis.paper_table` / `study_table`
+                      corr: pd.DataFrame,  # `analysis.correlation_table` of the same table
+                      title: str = "",
+                      predictors=("top1", "params", "tokens"), outcomes=("vqa", "loc", "overall")):
+    "Scatter + least-squares fit + 95% band per predictor × score, titled with Pearson/Spearman/Kendall (n, CI, p)."
+    import matplotlib.pyplot as plt
+    from vlmssm.analysis import LOG_PREDICTORS, PREDICTORS
+    preds = [p for p in predictors if p in models]
+    fig, axes = plt.subplots(len(preds), len(outcomes), figsize=(4.3 * len(outcomes), 3.5 * len(preds)), squeeze=False)
+    for i, pr in enumerate(preds):
+        for j, oc in enumerate(outcomes):
+            ax, m = axes[i, j], models.dropna(subset=[pr, oc])
+            err = [m[oc] - m[f"{oc}_low"], m[f"{oc}_high"] - m[oc]] if f"{oc}_low" in m else None
+            ax.errorbar(m[pr], m[oc], yerr=err, fmt="o", ms=4, capsize=2, color="C0")
+            for _, r in m.iterrows(): ax.annotate(r.model, (r[pr], r[oc]), fontsize=5, xytext=(2, 2), textcoords="offset points")
+            _fit_band(ax, m[pr].to_numpy(float), m[oc].to_numpy(float), pr in LOG_PREDICTORS)
+            if pr in LOG_PREDICTORS and len(m) and m[pr].min() > 0:
+                from matplotlib.ticker import EngFormatter, NullFormatter
+                narrow = m[pr].max() / m[pr].min() < 10                   # within one decade: label the minor ticks instead
+                ax.set_xscale("log"); ax.xaxis.set_major_formatter(EngFormatter()); ax.xaxis.set_minor_formatter(EngFormatter() if narrow else NullFormatter())
+            c = corr[(corr.predictor == pr) & (corr.outcome == oc)].set_index("method")
+            lines = [f"{k[0].upper()} {r.r:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p:.3f}" if pd.notna(r.r) else f"{k}: {r.note}"
+                     for k, r in c.iterrows()]
+            ax.set_title((f"n={int(c.n.iloc[0])}  " if len(c) else "") + "\n".join(lines), fontsize=6.5)
+            ax.set(xlabel=PREDICTORS.get(pr, pr), ylabel=SCORE_LABELS.get(oc, oc))
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #c0a20003
+def plot_fig1(models: pd.DataFrame,  # `analysis.paper_table` / `study_table`
+              title: str = "", score: str = "overall"):
+    "The paper's Fig. 1: each model's score over its encoder family; marker = pretraining (✕ = collapsed), area ∝ parameters."
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    m = models.dropna(subset=[score]).copy()
+    fams = list(dict.fromkeys(m.family.replace("", "?")))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(fams) + 2), 4))
+    p = m.params.to_numpy(float); p = np.where(np.isfinite(p), p, np.nanmin(p) if np.isfinite(p).any() else 1)
+    area = 40 + 360 * (np.sqrt(p) - np.sqrt(p.min())) / max(np.sqrt(p.max()) - np.sqrt(p.min()), 1e-12)
+    arch_c = {a: f"C{k}" for k, a in enumerate(dict.fromkeys(m.arch))}
+    for k, (_, r) in enumerate(m.iterrows()):
+        kind = "collapsed" if bool(r.get("collapsed", False)) else r.pretraining
+        x = fams.index(r.family or "?") + {"detection": 0.18, "segmentation": -0.18}.get(r.pretraining, 0.0)  # dense variants beside
+        if f"{score}_low" in m and pd.notna(r.get(f"{score}_low")):
+            ax.errorbar(x, r[score], yerr=[[r[score] - r[f"{score}_low"]], [r[f"{score}_high"] - r[score]]], color="0.5", lw=0.8, capsize=2, zorder=1)
+        ax.scatter(x, r[score], s=area[k], marker=PRETRAIN_MARKERS.get(kind, "o"), color=arch_c[r.arch], edgecolor="k", lw=0.5, zorder=2)
+        ax.annotate(r.model, (x, r[score]), fontsize=5.5, xytext=(6, -2), textcoords="offset points")
+    ax.set_xticks(range(len(fams)), fams, rotation=20); ax.set_xlim(-0.6, len(fams) - 0.4)
+    ax.set(ylabel=SCORE_LABELS.get(score, score), title=title or f"{SCORE_LABELS.get(score, score)} by encoder family")
+    h = [Line2D([], [], marker=PRETRAIN_MARKERS[k], ls="", color="0.6", mec="k", label=k) for k in PRETRAIN_MARKERS]
+    h += [Line2D([], [], marker="o", ls="", color=c, label=a) for a, c in arch_c.items()]
+    h += [Line2D([], [], ls="", label=f"area ∝ params ({np.nanmin(p) / 1e6:.3g}–{np.nanmax(p) / 1e6:.3g}M)")]
+    ax.legend(handles=h, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/14a_plots.ipynb #c0a20006
+def plot_similarity_maps(panels: list[dict]):  # `findings.similarity_panels(...)`: model, image, sim, extent, box, pred, iou, expression
+    "Rows = models, columns = expressions: similarity map over the image, true (green) and predicted (red, dashed) boxes."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    models = list(dict.fromkeys(p["model"] for p in panels)); ids = list(dict.fromkeys(p["id"] for p in panels))
+    fig, axes = plt.subplots(len(models), len(ids), figsize=(2.6 * len(ids), 2.8 * len(models)), squeeze=False)
+    v = max(float(np.abs(p["sim"]).max()) for p in panels) if panels else 1.0
+    for p in panels:
+        ax = axes[models.index(p["model"]), ids.index(p["id"])]
+        h, w = p["image"].shape[:2]; x0, y0, x1, y1 = p["extent"]
+        ax.imshow(p["image"]); im = ax.imshow(p["sim"], extent=(x0, x1, y1, y0), cmap="magma", alpha=0.55, vmin=-v, vmax=v, interpolation="nearest")
+        for b, c, ls in ((p.get("box"), "lime", "-"), (p.get("pred"), "red", "--")):
+            if b is not None and len(b) == 4: ax.add_patch(Rectangle((b[0] * w, b[1] * h), (b[2] - b[0]) * w, (b[3] - b[1]) * h, fill=False, ec=c, ls=ls, lw=1.5))
+        ax.set(xlim=(0, w), ylim=(h, 0), xticks=[], yticks=[])
+        iou = p.get("iou"); ax.set_title(f"“{p['expression']}”\nIoU {iou:.2f}" if iou is not None else f"“{p['expression']}”\nno box", fontsize=7)
+        if ids.index(p["id"]) == 0: ax.set_ylabel(f"{p['model']} (seed {p.get('seed')})", fontsize=8)
+    if panels: fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="cosine similarity")
     return fig

@@ -217,11 +217,11 @@ def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
 # %% ../nbs/13_vlm_runs.ipynb #13407a7b
 def plan_runs(cfg: StudyConfig, out_dir, bench_root, lm_path, cache_root, weights: dict[str, str] | None = None,
               device: str = "cpu", blind: bool = True) -> list[RunJob]:
-    "One job per encoder × seed, plus the blind baseline per seed."
+    "One job per encoder × seed (the encoder's own `seeds`, else the study's), plus the blind baseline per study seed."
     weights, c = weights or {}, run_config(cfg)
-    encs = [(e.id, weights.get(e.id, e.weights)) for e in cfg.encoders] + ([(None, "")] if blind else [])
+    encs = [(e.id, weights.get(e.id, e.weights), e.seeds or cfg.seeds) for e in cfg.encoders] + ([(None, "", cfg.seeds)] if blind else [])
     return [RunJob(f"{eid or 'blind'}-s{seed}", eid, w, seed, str(Path(out_dir) / "runs" / f"{eid or 'blind'}-s{seed}"), c,
-                   str(bench_root), str(lm_path), str(cache_root), device) for eid, w in encs for seed in cfg.seeds]
+                   str(bench_root), str(lm_path), str(cache_root), device) for eid, w, seeds in encs for seed in seeds]
 
 # %% ../nbs/13_vlm_runs.ipynb #a18242ff
 def train_study(cfg: StudyConfig,  # the study

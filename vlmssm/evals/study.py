@@ -358,7 +358,7 @@ def pairwise_differences(items: pd.DataFrame, level: float = 0.95, n_resamples: 
             base = dict(metric=m, items=len(cols), seeds_a=A.shape[0], seeds_b=B.shape[0])
             rows.append(dict(encoder=a, other=b, **base, value=100 * A.mean(), other_value=100 * B.mean(), diff=100 * d["diff"],
                              low=100 * d["low"], high=100 * d["high"], p_le_0=d["p_le_0"]))
-            rows.append(dict(encoder=b, other=a, **base, value=100 * B.mean(), other_value=100 * A.mean(), diff=-100 * d["diff"],
+            rows.append(dict(encoder=b, other=a, **(base | dict(seeds_a=B.shape[0], seeds_b=A.shape[0])), value=100 * B.mean(), other_value=100 * A.mean(), diff=-100 * d["diff"],
                              low=-100 * d["high"], high=-100 * d["low"], p_le_0=float(1 - d["p_le_0"])))
     return pd.DataFrame(rows)
 
