@@ -48,7 +48,7 @@ def main(run_dir: str = "runs/default",  # a default study with 00_data and 10_p
     bench_root = run / "00_data" / "scenes"
     if not (bench_root.is_dir() and (run / "10_pretrain").is_dir()):
         raise SystemExit(f"{run}: needs 00_data and 10_pretrain; run `vlmssm study --preset default --only 00_data,10_pretrain --run-dir {run}`")
-    extra = [f"seeds=[{seed}]", f"runtime.num_threads={threads}"] + ([f"train.steps={steps}"] if steps else [])
+    extra = [f"seeds=[{seed}]", f"encoders=[{encoder}]", f"runtime.num_threads={threads}"] + ([f"train.steps={steps}"] if steps else [])
     with tempfile.TemporaryDirectory() as d:
         for name, overrides in (("before", BEFORE), ("after", AFTER)):
             cfg = load_config("default", overrides=overrides + extra)
