@@ -14,8 +14,8 @@ from .utils import atomic_write, did_you_mean, is_offline
 # %% auto #0
 __all__ = ['PICO_PROFILE', 'REAL_PROFILE', 'PRESETS_DIR', 'ConfigError', 'DataConfig', 'EncoderEntry', 'PretrainConfig',
            'DenseConfig', 'EmbeddedLMConfig', 'VLMConfig', 'TrainConfig', 'CheckpointEntry', 'EvalConfig',
-           'RuntimeConfig', 'PathsConfig', 'EfficiencyConfig', 'StudyConfig', 'from_dict', 'to_dict', 'missing_paths',
-           'validate', 'list_presets', 'safe_yaml', 'load_config', 'save_config', 'check_names']
+           'RuntimeConfig', 'PathsConfig', 'EfficiencyConfig', 'StabilizeConfig', 'StudyConfig', 'from_dict', 'to_dict',
+           'missing_paths', 'validate', 'list_presets', 'safe_yaml', 'load_config', 'save_config', 'check_names']
 
 # %% ../nbs/00a_config.ipynb #ec422b4c
 class ConfigError(ValueError):
@@ -229,6 +229,23 @@ class EfficiencyConfig:
     scan_share_resolution: int = 224  # side at which the SSM encoders' scan share of latency is measured, 'torch' vs 'auto' scan (0 = skip)
     bootstrap: int = 1000  # resamples of the repeats for the power-law exponents' CIs
 
+# %% ../nbs/00a_config.ipynb #5ab1c0f1
+@dataclass
+class StabilizeConfig:
+    "Stage 60_stabilization: the localization-collapse rule (every threshold) and the stabilized reruns (finding F4)."
+    min_gain: float = 5.0  # `near-blind`: flag an encoder when the upper CI bound of its Acc@0.5 minus the blind LM's (points, paired seed × item bootstrap) is below this
+    min_center_corr: float = 0.2  # `no-position`: flag when the upper CI bound of the correlation between predicted and target box centres (mean of x and y) is below this
+    family_ratio: float = 0.5  # `below-family`: flag a dense variant (`X@det`, `X@seg`) whose Acc@0.5 is below this fraction of its classification encoder X's
+    max_mode_share: float = 0.5  # `degenerate`: flag when the most frequent box answers more than this share of a run's expressions (most of the encoder's runs)
+    min_parse_rate: float = 90.0  # `unparseable`: flag when a run's strict box parse rate (%) is below this
+    stabilizations: list[str] = field(default_factory=lambda: ["mlp3", "square", "mlp3+square"])  # reruns of each flagged encoder: `+`-joined names of `vlmssm.stabilize.STABILIZATIONS`
+    control_stabilizations: list[str] = field(default_factory=list)  # reruns of each control ([] = the same as `stabilizations`)
+    controls: list[str] = field(default_factory=list)  # unflagged encoders rerun as controls ([] = the `n_controls` unflagged encoders with the highest Acc@0.5)
+    n_controls: int = 1  # how many controls are picked when `controls` is empty
+    encoders: list[str] = field(default_factory=list)  # encoders rerun as if flagged, whatever the rule says (e.g. to study one on purpose)
+    seeds: list[int] = field(default_factory=list)  # seeds of the reruns, a subset of the study's ([] = all of them); the same seeds as the original runs, so differences are paired
+    planted: bool = True  # also score a planted collapse: the first control's run of the first seed with every image's tokens replaced by one constant (their mean)
+
 # %% ../nbs/00a_config.ipynb #033dcf3a
 @dataclass
 class StudyConfig:
@@ -245,6 +262,7 @@ class StudyConfig:
     vlm: VLMConfig = field(default_factory=VLMConfig)  # connector + LM
     train: TrainConfig = field(default_factory=TrainConfig)  # VLM training recipe
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
+    stabilize: StabilizeConfig = field(default_factory=StabilizeConfig)  # stage 60_stabilization: collapse rule and stabilized reruns
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)  # stage 70: latency/memory vs resolution
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # devices and parallelism
     paths: PathsConfig = field(default_factory=PathsConfig)  # output locations
