@@ -20,8 +20,9 @@ __all__ = ['IGNORE', 'CURVE_FIELDS', 'RESULT_FIELDS', 'dense_id', 'split_dense_i
            'build_detector', 'SemanticFPN', 'warp_mask', 'DenseSplit', 'load_scenes_split', 'load_coco_split',
            'load_ade20k_split', 'detection_metrics', 'confusion', 'miou', 'prior_boxes', 'prior_detect',
            'fit_colour_segmenter', 'colour_segment', 'predict_boxes', 'predict_masks', 'evaluate_dense',
-           'save_examples', 'DenseJob', 'build_head', 'dense_tune', 'probe_dense', 'probe_job', 'dense_plan',
-           'source_weights', 'baselines', 'dense_study', 'plot_dense_metrics', 'plot_dense_curves', 'plot_examples']
+           'save_examples', 'DenseJob', 'save_dense_encoder', 'build_head', 'dense_tune', 'probe_dense', 'probe_job',
+           'dense_plan', 'source_weights', 'baselines', 'dense_study', 'plot_dense_metrics', 'plot_dense_curves',
+           'plot_examples']
 
 # %% ../nbs/12_dense.ipynb #248174e5
 def dense_id(encoder: str, task: str) -> str:
@@ -340,6 +341,16 @@ class DenseJob:
         keep = {k: v for k, v in self.cfg.items() if k not in ("eval_every", "save_every", "encoder_steps", "encoders", "tasks", "probe_scenes", "qualitative")}
         return content_hash([self.encoder, self.task, file_sha256(self.weights) if self.weights else "", keep, self.steps, self.seed], n=16)
 
+def save_dense_encoder(enc, id: str, path, **metadata) -> Path:
+    "Save a dense-tuned encoder for the zoo as `id` (`<source>@det|seg`): the encoder with its tap norms, no head or FPN (`save_encoder`)."
+    from vlmssm.backbones import save_encoder
+    src, task = split_dense_id(id)
+    if task is None or src != enc.id.split("@")[0]: raise ValueError(f"save_dense_encoder: {id!r} is not a dense variant of {enc.id!r}")
+    if enc.head is not None: raise ValueError(f"encoder {enc.id!r} still has a pooled classifier; dense variants are saved without heads")
+    was, enc.id = enc.id, id
+    try: return save_encoder(enc, path, resolution=list(enc.default_resolution), task=task, source_encoder=src, **metadata)
+    finally: enc.id = was
+
 def _finished(job: DenseJob) -> dict | None:
     out = Path(job.out_dir); card = out / "cards" / f"{job.id}.json"
     if not (card.exists() and (out / "encoders" / f"{job.id}.safetensors").exists()): return None
@@ -382,7 +393,10 @@ def dense_tune(job: DenseJob, callbacks: Sequence = ()) -> dict:
         loss.backward()
         return {"loss": loss.item()}
     metric = "miou" if seg else "map_50"
-    def val(m): r = evaluate_dense(m, job.task, va); return {f"val_{k}": v for k, v in r.items()}
+    evals = []   # this process's evaluation times: the last one runs after `fit` stopped its clock
+    def val(m):
+        t = time.perf_counter(); r = evaluate_dense(m, job.task, va); evals.append(time.perf_counter() - t)
+        return {f"val_{k}": v for k, v in r.items()}
     ckpt = out / "checkpoints" / job.id
     state = load_checkpoint(ckpt, model, opt, sched) if c.save_every else None
     if state is not None and state.get("fingerprint") != job.fingerprint: state = None
@@ -390,8 +404,8 @@ def dense_tune(job: DenseJob, callbacks: Sequence = ()) -> dict:
               + ([Checkpoint(ckpt, every=c.save_every, at_end=False)] if c.save_every else []) + list(callbacks),
               state=state or {"fingerprint": job.fingerprint}, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.id)
     final = {k[4:]: v for k, v in run.state["evals"][-1].items() if k.startswith("val_")}
-    train_s = run.state["seconds"] - run.state.get("eval_seconds", 0.0)
-    model = model.cpu().eval(); enc.id = job.id
+    train_s = run.state["seconds"] - (run.state.get("eval_seconds", 0.0) - (evals[-1] if evals else 0.0))
+    model = model.cpu().eval()
     h, w = enc.default_resolution
     card = dict(encoder=job.id, source_encoder=job.encoder, source_weights=job.weights, family=enc.family, task=job.task,
                 metric=metric, value=final[metric], **final, split="val", n_train=len(tr.ids), n_val=len(va.ids),
@@ -399,8 +413,7 @@ def dense_tune(job: DenseJob, callbacks: Sequence = ()) -> dict:
                 resize=c.resize, geometry=enc.resize_mode, tap=enc.tap_spec, head="FCOS (torchvision) on FPN" if not seg else "semantic FPN",
                 fpn_strides=model.backbone.strides, seed=job.seed, threads=job.threads, device=job.device,
                 train_seconds=round(train_s, 2), wall_seconds=round(time.perf_counter() - t_start, 2), fingerprint=job.fingerprint)
-    save_encoder(enc, out / "encoders" / f"{job.id}.safetensors", resolution=[h, w], task=job.task, source_encoder=job.encoder,
-                 metric=metric, value=final[metric], steps=steps, seed=job.seed)
+    save_dense_encoder(enc, job.id, out / "encoders" / f"{job.id}.safetensors", metric=metric, value=final[metric], steps=steps, seed=job.seed)
     if c.qualitative: save_examples(model, enc, job.task, va, c.qualitative, out / "examples" / f"{job.id}.npz")
     write_csv(pd.DataFrame(run.state["rows"]).assign(encoder=job.id, task=job.task).reindex(columns=CURVE_FIELDS), out / "curves" / f"{job.id}.csv", CURVE_FIELDS)
     atomic_write(out / "cards" / f"{job.id}.json", json.dumps(card, indent=1))
