@@ -102,5 +102,7 @@ def test_stage_30_trains_on_the_dense_variant(dense_stage):
     assert (run/"model").is_dir() and json.loads((run/"summary.json").read_text())["steps"] > 0
     ref = json.dumps(json.loads((run/"model"/"config.json").read_text()))
     assert str((out/"encoders"/"vit-pico@det.safetensors").resolve()).split("/20_dense/")[1] in ref
+    vs = pd.read_csv(rd/"30_vlm_train"/"val_dense_vs_source.csv")
+    assert set(vs.encoder) == {"vit-pico@det"} and set(vs.reference) == {"vit-pico"} and np.allclose(vs["diff"], vs.value - vs.reference_value)
     image = sorted((rd/"00_data"/"scenes"/"images"/"val").iterdir())[0]
     assert isinstance(chat(str(run), str(image), "How many objects are there?", max_new_tokens=2), str)
