@@ -468,7 +468,7 @@ def check_names(cfg: StudyConfig) -> StudyConfig:
     if list_encoders is not None:
         known = list_encoders()
         for i, e in enumerate(cfg.encoders):
-            if e.id not in known:
+            if e.id.split("@")[0] not in known:   # a dense variant `<id>@det|seg` (its tag checked by `validate`) names a registered source
                 raise ConfigError(f"config key 'encoders[{i}].id': unknown encoder {e.id!r}{did_you_mean(e.id, known)}; see `vlmssm encoders`")
     try: from vlmssm.connectors import list_connectors
     except ImportError: list_connectors = None
