@@ -518,6 +518,8 @@ def dense_study(cfg,            # the study (`cfg.dense`, `cfg.encoders` weights
     from vlmssm.backbones import create_encoder
     from vlmssm.utils import Progress
     pairs, weights, c, th = dense_plan(cfg), source_weights(cfg, pretrain_dir), cfg.dense, cfg.runtime.num_threads
+    if not pairs:
+        log("dense.encoders is empty: nothing to tune"); return pd.DataFrame(columns=RESULT_FIELDS), pd.DataFrame()
     jobs = [DenseJob(e, t, weights[e], str(bench_root), str(out_dir), asdict(c), cfg.seed, th, progress and cfg.runtime.jobs <= 1, device) for e, t in pairs]
     log(f"dense-tuning {[j.id for j in jobs]} in {min(cfg.runtime.jobs, max(1, len(jobs)))} process(es) × {th} thread(s)")
     prog = Progress("dense", total=len(jobs))
