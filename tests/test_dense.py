@@ -69,6 +69,25 @@ def test_official_dense_layouts_import(tmp_path):
         back = create_encoder("vmamba-pico", pretrained=str(tmp_path/f"{name}.pth"))
         with torch.no_grad(): assert torch.allclose(back(x), src(x)), name
 
+def test_detectron2_vitdet_layout_import(tmp_path):
+    "A detectron2 ViTDet model file (`{'model': {'backbone.net.*': ndarray, 'roi_heads.*': …}}`, pickled numpy) of the pico ViTDet rebuilds its tokens."
+    import pickle
+    from vlmssm.backbones.zoo import _D2
+    torch.manual_seed(2)
+    src = create_encoder("vitdet-pico")
+    with torch.no_grad():
+        for p in src.parameters(): p.add_(torch.randn_like(p) * 0.05)
+    d2 = {}
+    for k, v in src.model.state_dict().items():
+        k2 = k[len("net."):]
+        for a, b in _D2: k2 = k2.replace(b, a, 1)
+        d2["backbone.net." + k2] = v.numpy()
+    d2["roi_heads.box_predictor.cls_score.weight"] = np.zeros((81, 4), np.float32)
+    with open(tmp_path/"model_final.pkl", "wb") as f: pickle.dump({"model": d2, "__author__": "synthetic"}, f)
+    back = create_encoder("vitdet-pico", pretrained=str(tmp_path/"model_final.pkl"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(): assert torch.allclose(back(x), src(x))
+
 @pytest.fixture(scope="module")
 def dense_stage(smoke_run):
     rd, table = smoke_run
