@@ -100,11 +100,25 @@ class PretrainConfig:
 # %% ../nbs/00a_config.ipynb #329981c9
 @dataclass
 class DenseConfig:
-    "Dense-task fine-tuning of encoders (detection, segmentation)."
-    tasks: list[str] = field(default_factory=lambda: ["detection", "segmentation"])  # dense objectives to fine-tune with
+    "Dense-task fine-tuning (stage 20_dense): torchvision FCOS detection or a semantic-FPN segmenter on encoder + FPN; each result is a zoo id `<encoder>@det` / `<encoder>@seg`."
+    encoders: list[str] = field(default_factory=list)  # source encoder ids to dense-tune, from their 10_pretrain weights (or their `weights:` entry)
+    tasks: list[Literal["detection", "segmentation"]] = field(default_factory=lambda: ["detection", "segmentation"])  # dense objectives to fine-tune with
     steps: int = 300  # optimizer steps per encoder and task
+    encoder_steps: dict[str, int] = field(default_factory=dict)  # per-encoder step budgets (source id → steps), overriding `steps`
     batch_size: int = 32  # images per step
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 1e-3  # peak AdamW learning rate of the FPN and head
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate is lr × this
+    weight_decay: float = 0.05  # AdamW weight decay (not on biases and 1-D parameters)
+    warmup_ratio: float = 0.05  # linear warmup share of the steps, then cosine decay to 0
+    grad_clip: float = 1.0  # gradient-norm clipping (0 = off)
+    resize: str = "letterbox"  # how images (and boxes, masks) become encoder inputs (a `vlmssm.geometry` strategy)
+    fpn_channels: int = 64  # FPN width
+    max_train: int = 0  # training images used (0 = the whole train split)
+    hflip: bool = True  # mirror a seeded half of each batch left-right (images, boxes and masks together)
+    eval_every: int = 100  # steps between validation evaluations (the learning curve)
+    save_every: int = 0  # steps between resumable checkpoints (0 = none: a killed job restarts)
+    probe_scenes: int = 2000  # training scenes of the shape/colour/size/position probes of every dense variant and its source (0 = none)
+    qualitative: int = 4  # validation images drawn in the qualitative figure
 
 # %% ../nbs/00a_config.ipynb #21d276a7
 @dataclass
@@ -367,6 +381,18 @@ def _positive(cfg: StudyConfig):
     for i, e in enumerate(cfg.encoders):
         if not set(e.seeds) <= set(cfg.seeds): raise ConfigError(f"config key 'encoders[{i}].seeds': {e.seeds} must be among the study's seeds {cfg.seeds} (the blind baseline runs at those)")
     _check_eval(cfg.eval)
+    _check_dense(cfg)
+
+def _check_dense(cfg):
+    "Dense variants `<id>@det|seg` under `encoders:` without their own `weights:` must be made by stage 20_dense (`dense:`)."
+    tags = {"det": "detection", "seg": "segmentation"}
+    if cfg.dense.steps < 0 or cfg.dense.batch_size <= 0: raise ConfigError(f"config key 'dense': steps must be >= 0 and batch_size positive, got {cfg.dense.steps}, {cfg.dense.batch_size}")
+    for i, e in enumerate(cfg.encoders):
+        base, at, tag = e.id.partition("@")
+        if not at or e.weights: continue
+        if tag not in tags: raise ConfigError(f"config key 'encoders[{i}]': {e.id!r} has an unknown dense variant '@{tag}'; expected @det or @seg")
+        if base not in cfg.dense.encoders or tags[tag] not in cfg.dense.tasks:
+            raise ConfigError(f"config key 'encoders[{i}]': {e.id!r} is made by stage 20_dense, so dense.encoders must list {base!r} and dense.tasks {tags[tag]!r} (or give it `weights:`)")
 
 def _check_eval(ev):
     "Evaluation values: positive budgets, a CI level in (0, 1), tasks listed once, checkpoint names unique and non-empty."
@@ -564,7 +590,7 @@ def check_names(cfg: StudyConfig) -> StudyConfig:
     if list_encoders is not None:
         known = list_encoders()
         for i, e in enumerate(cfg.encoders):
-            if e.id not in known:
+            if e.id.split("@")[0] not in known:   # a dense variant `<id>@det|seg` (its tag checked by `validate`) names a registered source
                 raise ConfigError(f"config key 'encoders[{i}].id': unknown encoder {e.id!r}{did_you_mean(e.id, known)}; see `vlmssm encoders`")
     try: from vlmssm.connectors import list_connectors
     except ImportError: list_connectors = None

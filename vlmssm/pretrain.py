@@ -250,7 +250,8 @@ def plan(cfg: StudyConfig) -> tuple[list[str], dict[str, str]]:
         except KeyError as e: raise ValueError(f"config key 'pretrain.encoder_steps': {e.args[0] if e.args else e}") from None
     for e in cfg.encoders:
         spec = get_encoder_spec(e.id)
-        if not spec.pico: other[e.id] = "real encoder: published ImageNet-1K top-1"
+        if "@" in e.id: other[e.id] = f"dense variant of {e.id.split('@')[0]}: fine-tuned by stage 20_dense"
+        elif not spec.pico: other[e.id] = "real encoder: published ImageNet-1K top-1"
         elif e.weights: other[e.id] = f"weights given in the config ({e.weights})"
         elif cfg.pretrain.encoder_steps.get(e.id, cfg.pretrain.steps) <= 0: other[e.id] = "pretrain steps is 0: random initialisation"
         else: train.append(e.id)

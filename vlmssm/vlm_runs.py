@@ -202,16 +202,23 @@ def run_config(cfg: StudyConfig) -> dict:
     return {s: to_dict(getattr(cfg, s)) for s in RUN_SECTIONS}
 
 # %% ../nbs/13_vlm_runs.ipynb #55e969f7
-def encoder_weights(cfg: StudyConfig, pretrain_dir=None) -> dict[str, str]:
-    "Encoder id → weights: the config's `weights:` if set, else `<id>.safetensors` from the pretraining stage's outputs."
+def _one(folder, name: str, what: str) -> str:
+    hits = sorted(Path(folder).rglob(f"{name}.safetensors"))
+    if len(hits) != 1:
+        raise FileNotFoundError(f"encoder {name!r}: expected one {name}.safetensors under {folder}{what}, found {len(hits)}"
+                                f"{': ' + ', '.join(map(str, hits)) if hits else ''}")
+    return str(hits[0].resolve())
+
+def encoder_weights(cfg: StudyConfig, pretrain_dir=None, dense_dir=None) -> dict[str, str]:
+    "Encoder id → weights: the config's `weights:` if set, else `<id>.safetensors` from the pretraining (or, for `<id>@det|seg`, the dense) stage's outputs."
     out = {}
     for e in cfg.encoders:
-        if e.weights or pretrain_dir is None: out[e.id] = e.weights; continue
-        hits = sorted(Path(pretrain_dir).rglob(f"{e.id}.safetensors"))
-        if len(hits) != 1:
-            raise FileNotFoundError(f"encoder {e.id!r}: expected one {e.id}.safetensors under {pretrain_dir}, found {len(hits)}"
-                                    f"{': ' + ', '.join(map(str, hits)) if hits else ''}")
-        out[e.id] = str(hits[0].resolve())
+        if e.weights: out[e.id] = e.weights
+        elif "@" in e.id:
+            if dense_dir is None: raise FileNotFoundError(f"encoder {e.id!r}: a dense variant needs stage 20_dense's outputs (or a `weights:` file)")
+            out[e.id] = _one(dense_dir, e.id, f" (list {e.id.split('@')[0]!r} under dense.encoders)")
+        elif pretrain_dir is None: out[e.id] = e.weights
+        else: out[e.id] = _one(pretrain_dir, e.id, "")
     return out
 
 # %% ../nbs/13_vlm_runs.ipynb #13407a7b

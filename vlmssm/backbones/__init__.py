@@ -11,10 +11,11 @@ from ..utils import atomic_write, did_you_mean
 from .core import Encoder, WeightsError, MetaUnsupported, load_weights, save_encoder, checkpoint_metadata, param_count
 from .zoo import EncoderSpec, ZOO_SPECS, UNAVAILABLE
 from ..geometry import strategy_input_size
+from dataclasses import replace
 
 # %% auto #0
-__all__ = ['UnknownEncoder', 'list_encoders', 'unavailable_encoders', 'get_encoder_spec', 'resolve_cfg', 'create_encoder',
-           'encoder_row', 'encoders_table']
+__all__ = ['DENSE_TAGS', 'UnknownEncoder', 'list_encoders', 'unavailable_encoders', 'get_encoder_spec', 'resolve_cfg',
+           'create_encoder', 'encoder_row', 'encoders_table']
 
 # %% ../../nbs/04e_backbones.registry.ipynb #f6369333
 class UnknownEncoder(KeyError):
@@ -50,10 +51,17 @@ def unavailable_encoders() -> dict[str, str]:
     "Encoders that are documented but cannot be built here, with the reason."
     return dict(_registry()[1])
 
+DENSE_TAGS = {"det": "detection", "seg": "segmentation"}  # `<encoder>@<tag>`: the encoder dense-tuned by stage 20_dense
+
 def get_encoder_spec(id: str) -> EncoderSpec:
-    "The spec of encoder `id`; unknown ids raise one line naming close matches."
+    "The spec of encoder `id` (a dense variant `<encoder>@det|seg` has its source's spec); unknown ids raise one line naming close matches."
     specs, bad = _registry()
     if not isinstance(id, str): raise UnknownEncoder(f"encoder id {id!r} is a {type(id).__name__}, not a string; `vlmssm encoders` lists the ids")
+    base, at, tag = id.partition("@")
+    if at:
+        if tag not in DENSE_TAGS: raise UnknownEncoder(f"encoder {id!r}: unknown dense variant '@{tag}'; expected {' or '.join('@' + t for t in DENSE_TAGS)}")
+        s = get_encoder_spec(base)
+        return replace(s, id=id, pretraining=f"{s.pretraining} → {DENSE_TAGS[tag]} (stage 20_dense)", fetch=None, weights="(trained by the study)")
     if id in specs: return specs[id]
     if id in bad: raise UnknownEncoder(f"encoder {id!r} cannot be built here: {bad[id]}")
     raise UnknownEncoder(f"unknown encoder {id!r}{did_you_mean(id, specs, n=4, cutoff=0.5)}; "
