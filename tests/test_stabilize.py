@@ -20,7 +20,7 @@ def test_stage_outputs(stage):
     det = pd.read_csv(out/"detection.csv", keep_default_na=False)
     assert {"blind", "prior"} <= set(det.encoder) and set(det[det.role == "baseline"]["flags"]) == {""}
     enc = det[det.role == "encoder"]
-    assert set(enc.encoder) == {"vmamba-pico", "vit-pico"}
+    assert set(enc.encoder) == {"vmamba-pico", "vit-pico", "vit-pico@det"}      # the smoke encoders and their dense variant
     assert all((r.flags == "") == (r.reasons == "") for r in enc.itertuples())          # every flag carries its reason
     sel, reruns = pd.read_csv(out/"selection.csv"), pd.read_csv(out/"reruns.csv")
     assert len(sel) >= 1 and set(sel.stabilization) == {"mlp3+square"}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from fastcore.basics import patch
 from timm.layers import register_notrace_function
-from .utils import did_you_mean
+from .utils import atomic_file, did_you_mean
 
 # %% auto #0
 __all__ = ['BLOCK_ELEMS', 'SCAN_BACKENDS', 'ScanInputError', 'selective_scan_ref', 'free_scan_workspace', 'SelectiveScanFn',
@@ -496,11 +496,13 @@ def _build_kernel(cache=None):
     if not so.exists():
         d.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=d) as tmp:
-            src, out = Path(tmp) / "scan.c", Path(tmp) / "scan.so"
+            src = Path(tmp) / "scan.c"
             src.write_text(_SCAN_C)
-            r = subprocess.run([cc, *_CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
-            if r.returncode != 0: return f"compiling the scan kernel failed ({cc}): {r.stderr.strip()[:300]}"
-            os.replace(out, so)                                  # atomic: never a half-written library
+            try:
+                with atomic_file(so) as out:                     # never a half-written library
+                    r = subprocess.run([cc, *_CFLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+                    if r.returncode != 0: raise RuntimeError(r.stderr.strip()[:300] or f"exit status {r.returncode}")
+            except RuntimeError as e: return f"compiling the scan kernel failed ({cc}): {e}"
     fn = ctypes.CDLL(str(so)).vlmssm_scan_fwd
     fn.restype, P, I = None, ctypes.c_void_p, ctypes.c_long
     fn.argtypes = [P] * 10 + [I] * 7 + [ctypes.c_int, I, I]
