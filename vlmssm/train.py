@@ -21,10 +21,10 @@ from .utils import atomic_dir, atomic_write, content_hash, write_csv
 from .vlm import VLM, pad_batch
 
 # %% auto #0
-__all__ = ['LOSS_FIELDS', 'param_groups', 'save_checkpoint', 'load_checkpoint', 'FitRun', 'Callback', 'fit', 'CSVLog', 'Evaluate',
-           'TrackerLog', 'Checkpoint', 'ReportProgress', 'ConversationDataset', 'Collator', 'epoch_batches',
-           'length_split', 'recipe_fingerprint', 'cpu_has_native_bf16', 'resolve_device', 'total_steps', 'vlm_step_fn',
-           'train']
+__all__ = ['LOSS_FIELDS', 'NATIVE_BF16_FLAGS', 'param_groups', 'save_checkpoint', 'load_checkpoint', 'FitRun', 'Callback', 'fit',
+           'CSVLog', 'Evaluate', 'TrackerLog', 'Checkpoint', 'ReportProgress', 'ConversationDataset', 'Collator',
+           'epoch_batches', 'length_split', 'recipe_fingerprint', 'cpu_flags', 'cpu_has_native_bf16', 'resolve_device',
+           'total_steps', 'vlm_step_fn', 'train']
 
 # %% ../nbs/09_train.ipynb #2f6aa61b
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -293,9 +293,19 @@ def recipe_fingerprint(cfg: TrainConfig, seed: int, n: int) -> str:
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every", "eval_every", "trackers")}
     return content_hash([keep, seed, n], n=16)
 
-def cpu_has_native_bf16() -> bool:
-    "Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX, through oneDNN)."
-    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 AVX512-BF16 / AMX-BF16; Arm's BF16 extension ("Features: ... bf16")
+
+def cpu_flags(cpuinfo="/proc/cpuinfo") -> set[str] | None:
+    "The CPU's feature flags (Linux `/proc/cpuinfo`: x86 `flags`, Arm `Features`), or None where they cannot be read."
+    try: lines = Path(cpuinfo).read_text().splitlines()
+    except OSError: return None
+    return {f for l in lines if l.split(":")[0].strip() in ("flags", "Features") for f in l.split(":", 1)[1].split()} or None
+
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    "Whether this CPU computes bf16 matrix products natively: its flags name AVX512-BF16, AMX-BF16 or Arm BF16."
+    flags = cpu_flags() if flags is None else flags
+    if flags is not None: return bool(flags & NATIVE_BF16_FLAGS)
+    try: return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # no flags to read (not Linux): oneDNN's check
     except (AttributeError, RuntimeError): return False
 
 def resolve_device(device: str = "auto") -> torch.device:
