@@ -368,7 +368,7 @@ def dense_tune(job: DenseJob, callbacks: Sequence = ()) -> dict:
     from vlmssm.config import DenseConfig
     from vlmssm.backbones import create_encoder, save_encoder
     from vlmssm.pretrain import ShuffledBatches, lr_at
-    from vlmssm.train import Checkpoint, Evaluate, fit, load_checkpoint
+    from vlmssm.train import fit_resumable
     from vlmssm.utils import atomic_write, write_csv
     if (done := _finished(job)) is not None: return done
     c, out, steps, t_start = DenseConfig(**job.cfg), Path(job.out_dir), job.steps, time.perf_counter()
@@ -397,12 +397,8 @@ def dense_tune(job: DenseJob, callbacks: Sequence = ()) -> dict:
     def val(m):
         t = time.perf_counter(); r = evaluate_dense(m, job.task, va); evals.append(time.perf_counter() - t)
         return {f"val_{k}": v for k, v in r.items()}
-    ckpt = out / "checkpoints" / job.id
-    state = load_checkpoint(ckpt, model, opt, sched) if c.save_every else None
-    if state is not None and state.get("fingerprint") != job.fingerprint: state = None
-    run = fit(model, opt, sched, steps, step_fn, [Evaluate(val, every=c.eval_every, into_row=True)]
-              + ([Checkpoint(ckpt, every=c.save_every, at_end=False)] if c.save_every else []) + list(callbacks),
-              state=state or {"fingerprint": job.fingerprint}, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.id)
+    run = fit_resumable(model, opt, sched, steps, step_fn, val, out / "checkpoints" / job.id, job.fingerprint, c.eval_every, c.save_every,
+                        callbacks, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.id)
     final = {k[4:]: v for k, v in run.state["evals"][-1].items() if k.startswith("val_")}
     train_s = run.state["seconds"] - (run.state.get("eval_seconds", 0.0) - (evals[-1] if evals else 0.0))
     model = model.cpu().eval()

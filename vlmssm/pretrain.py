@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import PretrainConfig, StudyConfig
 from .backbones import create_encoder, get_encoder_spec, save_encoder, encoder_row, Encoder
-from .train import Checkpoint, Evaluate, ReportProgress, fit, load_checkpoint, param_groups
+from .train import ReportProgress, fit_resumable, param_groups
 from .utils import Progress, atomic_write, content_hash, process_pool, write_csv
 from .probe import probe_encoder
 
@@ -188,12 +188,8 @@ def pretrain_encoder(job: PretrainJob,
         loss.backward()
         return {"loss": loss.item()}
     def val(m): v = evaluate(enc, xva, yva); return {"val_top1": v["top1"], "val_loss": v["loss"]}
-    ckpt = out/"checkpoints"/job.encoder
-    state = load_checkpoint(ckpt, enc, opt, sched) if c.save_every else None
-    if state is not None and state.get("fingerprint") != job.fingerprint: state = None
-    run = fit(enc, opt, sched, steps, step_fn, [Evaluate(val, every=c.eval_every, into_row=True)]
-              + ([Checkpoint(ckpt, every=c.save_every, at_end=False)] if c.save_every else []) + list(callbacks),
-              state=state or {"fingerprint": job.fingerprint}, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.encoder)
+    run = fit_resumable(enc, opt, sched, steps, step_fn, val, out/"checkpoints"/job.encoder, job.fingerprint, c.eval_every, c.save_every,
+                        callbacks, max_grad_norm=c.grad_clip, progress=job.progress, desc=job.encoder)
     train_s = run.state["seconds"] - run.state.get("eval_seconds", 0.0)
     enc.eval()
     val_m, test = evaluate(enc, xva, yva), evaluate(enc, xte, yte)

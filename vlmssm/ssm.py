@@ -564,8 +564,8 @@ def _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, softplus):
     return out.to(u.dtype), last
 
 # %% ../nbs/03_ssm.ipynb #c0a1e013
-class CpuScanFn(torch.autograd.Function):
-    "Selective scan with the compiled CPU forward and the recomputing PyTorch backward; returns (out, last_state)."
+class CpuScanFn(SelectiveScanFn):
+    "Selective scan with the compiled CPU forward and `SelectiveScanFn`'s recomputing backward; returns (out, last_state)."
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
@@ -573,11 +573,6 @@ class CpuScanFn(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         out, last = _kernel_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
         return out, last.to(_compute_dtype(u, delta, A, B, C, D, z, delta_bias))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gout, glast):
-        return (*_scan_bwd(*ctx.saved_tensors, ctx.delta_softplus, gout, glast, ctx.needs_input_grad), None)
 
 def _cpu_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
     out, last = CpuScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

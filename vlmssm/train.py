@@ -22,9 +22,9 @@ from .vlm import VLM, pad_batch
 
 # %% auto #0
 __all__ = ['LOSS_FIELDS', 'NATIVE_BF16_FLAGS', 'param_groups', 'save_checkpoint', 'load_checkpoint', 'FitRun', 'Callback', 'fit',
-           'CSVLog', 'Evaluate', 'TrackerLog', 'Checkpoint', 'ReportProgress', 'ConversationDataset', 'Collator',
-           'epoch_batches', 'length_split', 'recipe_fingerprint', 'cpu_flags', 'cpu_has_native_bf16', 'resolve_device',
-           'total_steps', 'vlm_step_fn', 'train']
+           'CSVLog', 'Evaluate', 'TrackerLog', 'Checkpoint', 'fit_resumable', 'ReportProgress', 'ConversationDataset',
+           'Collator', 'epoch_batches', 'length_split', 'recipe_fingerprint', 'cpu_flags', 'cpu_has_native_bf16',
+           'resolve_device', 'total_steps', 'vlm_step_fn', 'train']
 
 # %% ../nbs/09_train.ipynb #2f6aa61b
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -184,6 +184,17 @@ class Checkpoint(Callback):
     def after_step(self, run):
         if (self.every and run.step % self.every == 0 and not run.last) or (self.at_end and run.last):
             save_checkpoint(self.folder, self.unwrap(run.model), run.opt, run.sched, run.state)
+
+def fit_resumable(model, opt, sched, total: int, step_fn: Callable[[int], dict],
+                  val: Callable[[nn.Module], dict],  # validation, its metrics put into the step's row
+                  ckpt,  # checkpoint folder (read and written only when `save_every`)
+                  fingerprint: str,  # what determines the result: a checkpoint of another fingerprint is ignored
+                  eval_every: int = 0, save_every: int = 0, callbacks: Sequence = (), **kw) -> FitRun:
+    "`fit` with `val` every `eval_every` steps and, when `save_every`, checkpoints that a rerun of the same `fingerprint` resumes from."
+    state = load_checkpoint(ckpt, model, opt, sched) if save_every else None
+    if state is not None and state.get("fingerprint") != fingerprint: state = None
+    cbs = [Evaluate(val, every=eval_every, into_row=True)] + ([Checkpoint(ckpt, every=save_every, at_end=False)] if save_every else [])
+    return fit(model, opt, sched, total, step_fn, cbs + list(callbacks), state=state or {"fingerprint": fingerprint}, **kw)
 
 # %% ../nbs/09_train.ipynb #c3d5e7a2
 from .utils import Progress
@@ -368,8 +379,9 @@ def train(vlm: VLM,  # the model (`freeze` is applied here with `cfg.stage`)
         return done
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and (cuda or cpu_has_native_bf16()))
-    if bf16 and not cuda and not cpu_has_native_bf16():
+    native = cuda or cpu_has_native_bf16()  # read the CPU flags once
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native)
+    if bf16 and not native:
         warnings.warn("train: precision 'bf16' on a CPU without native bf16 (AVX512-BF16/AMX): autocast is emulated and slower "
                       "than fp32; set train.precision: fp32 on this machine")
     # CUDA: accelerate owns mixed precision (DDP/FSDP policies). CPU: a plain bf16 autocast, so one process may train
