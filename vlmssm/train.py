@@ -286,8 +286,7 @@ def length_split(idx: Sequence[int],  # a micro-batch, sorted by decreasing leng
     idx = list(idx); L = [int(lengths[i]) for i in idx]; n = len(idx)
     if k <= 1 or n <= 1: return [idx] if idx else []
     if any(a < b for a, b in zip(L, L[1:])): raise ValueError("length_split: the micro-batch must be sorted by decreasing length")
-    cost = [[0] * (n + 1)] + [[float("inf")] * (n + 1) for _ in range(k)]; cut = [[0] * (n + 1) for _ in range(k + 1)]
-    cost[0] = [0] + [float("inf")] * n
+    cost = [[0] + [float("inf")] * n] + [[float("inf")] * (n + 1) for _ in range(k)]; cut = [[0] * (n + 1) for _ in range(k + 1)]
     for j in range(1, k + 1):
         for i in range(1, n + 1):
             cost[j][i], cut[j][i] = min((cost[j - 1][s] + (i - s) * L[s], s) for s in range(i))
